@@ -458,6 +458,22 @@ impl LogWriter {
         Ok(())
     }
 
+    /// LSN from which the worker took the log over (0 before).
+    pub fn live_from_lsn(&self) -> u64 {
+        self.header().live_from_lsn().load(Ordering::Acquire)
+    }
+
+    /// Records that published records were made durable by someone else (a
+    /// `syncfs` covering many logs at once), without syncing again.
+    pub fn mark_synced(&mut self) {
+        if !self.needs_sync() {
+            return;
+        }
+        self.header().durable_records().store(self.committed_records, Ordering::Release);
+        self.synced_records = self.committed_records;
+        self.synced_data = self.committed_data;
+    }
+
     /// Marks the log as taken over by the worker from `lsn` on.
     pub fn set_live(&mut self, lsn: u64) {
         self.header().live_from_lsn().store(lsn, Ordering::Release);
