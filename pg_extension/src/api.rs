@@ -364,13 +364,15 @@ fn subset(
             let mut out = format!(r#"{{"metadata":{{"xmin":"{xmin}","xmax":"{xmax}","xip_list":{xip},"snapshot_mark":{mark},"database_lsn":"{lsn}"}},"data":["#).into_bytes();
             let projection = Projection::of(&spec);
             let extra = format!(r#","snapshot_mark":{mark}"#).into_bytes();
+            // Function state must outlive the per-row resets (see snapshot.rs).
+            let fn_cxt = MemoryContext::new(c"pg_shapes subset functions", current_memory_context());
             let cxt = MemoryContext::new(c"pg_shapes subset row", current_memory_context());
             let mut outs: Vec<OutputFn> = Vec::new();
             let (mut texts, mut key) = (Vec::<Option<Vec<u8>>>::new(), Vec::new());
             let mut first = true;
             pg::dest::stream_query(&sql, |row| {
                 if outs.is_empty() {
-                    outs = row.types.iter().map(|&t| OutputFn::new(t, cxt.raw())).collect();
+                    outs = row.types.iter().map(|&t| OutputFn::new(t, fn_cxt.raw())).collect();
                 }
                 cxt.switch_to(|| {
                     texts.clear();

@@ -191,6 +191,9 @@ fn write_snapshot(dir: &std::path::Path, id: u64, handle: &str, spec: &Spec, sna
     let mut rows = 0u64;
     if !spec.changes_only {
         let projection = Projection::of(spec);
+        // Output functions cache state (fn_extra) in the context they are bound to, so
+        // they get one that lives as long as the query; rows get one reset per row.
+        let fn_cxt = MemoryContext::new(c"pg_shapes snapshot functions", current_memory_context());
         let row_cxt = MemoryContext::new(c"pg_shapes snapshot row", current_memory_context());
         let mut outs: Vec<OutputFn> = Vec::new();
         let (mut texts, mut key, mut msg) = (Vec::<Option<Vec<u8>>>::new(), Vec::new(), Vec::new());
@@ -201,7 +204,7 @@ fn write_snapshot(dir: &std::path::Path, id: u64, handle: &str, spec: &Spec, sna
                     return;
                 }
                 if outs.is_empty() {
-                    outs = row.types.iter().map(|&t| OutputFn::new(t, row_cxt.raw())).collect();
+                    outs = row.types.iter().map(|&t| OutputFn::new(t, fn_cxt.raw())).collect();
                 }
                 // Output functions allocate; a per-row context keeps a large snapshot in
                 // constant memory.

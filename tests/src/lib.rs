@@ -36,6 +36,8 @@
 
 pub mod cluster;
 pub mod env;
+pub mod rng;
+pub mod shapes;
 pub mod sidecar;
 
 pub use cluster::{ClusterOptions, StopMode, TestCluster};
@@ -44,4 +46,5 @@ pub use sidecar::{http_client, Sidecar};
 // The client crates the harness is built on, so that tests use the same versions.
 pub use postgres;
 pub use reqwest;
+pub use shape_log;
 pub use serde_json;

@@ -70,6 +70,7 @@ pub struct Engine {
     published: bool,
     wake_snapshotters: bool,
     last_ring: Instant,
+    rung_position: u64,
     last_sync: Instant,
     last_health: Instant,
     confirmed: u64,
@@ -110,6 +111,7 @@ impl Engine {
             published: false,
             wake_snapshotters: false,
             last_ring: Instant::now(),
+            rung_position: 0,
             last_sync: Instant::now(),
             last_health: Instant::now(),
             confirmed,
@@ -365,7 +367,9 @@ impl Engine {
     /// Runs the work that must not happen inside decoding callbacks: catalog
     /// updates, waking snapshotters, health checks.
     pub fn idle(&mut self, decoder: &Decoder) -> Health {
-        if self.published {
+        // Also ring when only the position moved: clients' global_last_seen_lsn then
+        // follows the WAL even while none of their shapes changes.
+        if self.published || decoder.position() > self.rung_position {
             self.ring(decoder.position());
         }
         self.bell.heartbeat(crate::pg::bgworker::pid() as u32);
@@ -425,6 +429,7 @@ impl Engine {
         }
         self.published = false;
         self.last_ring = Instant::now();
+        self.rung_position = position;
     }
 
     /// Makes published records durable, then lets the slot forget what they cover.
