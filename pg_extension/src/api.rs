@@ -31,6 +31,40 @@ fn ensure_engine_available() {
     }
 }
 
+/// Waits (bounded) until the decoder's replication slot exists.
+///
+/// A shape's catalog row must commit after the slot reached its consistent
+/// point, or the decoder never sees it. This runs before the calling
+/// transaction writes anything (so it holds no transaction id the slot's
+/// creation would wait for) and wakes the decoder, which may be idling.
+fn wait_for_slot() {
+    let slot = guc::slot_name();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let exists = crate::sql::select_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database())",
+            &[slot.as_str().into()],
+        )
+        .unwrap_or(false);
+        if exists {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("pg_shapes is still starting: its replication slot {slot} does not exist yet; retry in a moment"),
+                "pg_shapes",
+            )
+            .set_hint(format!("the pg_shapes decoder creates the slot once the extension exists in database {}; check the server log", guc::database()))
+            .report(PgLogLevel::ERROR);
+        }
+        if let Some(s) = shmem::shared() {
+            s.wake_decoder();
+        }
+        pg::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Why an existing shape's log can no longer be served, if it cannot.
 fn log_gone(handle: &str, state: &str) -> Option<String> {
     let dir = guc::storage_dir().join(handle);
@@ -145,6 +179,7 @@ fn get_or_create_shape(
         }
     }
 
+    wait_for_slot();
     // Serialise creators of shapes on one table: the replica identity change and the
     // publication membership are then done once, and ON CONFLICT below is only a guard.
     Spi::run_with_args("SELECT pg_advisory_xact_lock(hashtext('pg_shapes'), $1::int4)", &[(resolved.spec.relid as i32).into()])

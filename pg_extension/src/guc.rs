@@ -23,7 +23,44 @@ pub static SYNC_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(200);
 pub static INTERNAL_DDL: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 /// Registers every setting; called from `_PG_init`.
+///
+/// Settings fixed at server start can only be defined while preloading; a
+/// backend that loads the library later (no preload) keeps their defaults.
 pub fn register() {
+    if crate::pg::preloading() {
+        register_postmaster_settings();
+    }
+    GucRegistry::define_int_guc(
+        c"pg_shapes.chunk_bytes",
+        c"Size at which shape logs start a new chunk (non-live responses end at chunk boundaries).",
+        c"Applies to shapes created after the change.",
+        &CHUNK_BYTES,
+        1024,
+        1024 * 1024 * 1024,
+        GucContext::Userset,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_shapes.sync_interval",
+        c"Longest delay before appended changes are made durable and the slot advanced.",
+        c"Changes are visible to readers at once; this bounds how much WAL is replayed after a crash.",
+        &SYNC_INTERVAL_MS,
+        1,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_bool_guc(
+        c"pg_shapes.internal_ddl",
+        c"Internal: set while pg_shapes alters a table itself.",
+        c"",
+        &INTERNAL_DDL,
+        GucContext::Userset,
+        GucFlags::NO_SHOW_ALL,
+    );
+}
+
+fn register_postmaster_settings() {
     GucRegistry::define_string_guc(
         c"pg_shapes.storage_dir",
         c"Directory holding the shape logs.",
@@ -49,16 +86,6 @@ pub fn register() {
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
-        c"pg_shapes.chunk_bytes",
-        c"Size at which shape logs start a new chunk (non-live responses end at chunk boundaries).",
-        c"Applies to shapes created after the change.",
-        &CHUNK_BYTES,
-        1024,
-        1024 * 1024 * 1024,
-        GucContext::Userset,
-        GucFlags::UNIT_BYTE,
-    );
-    GucRegistry::define_int_guc(
         c"pg_shapes.snapshot_workers",
         c"Number of background workers that build initial snapshots.",
         c"",
@@ -67,24 +94,6 @@ pub fn register() {
         8,
         GucContext::Postmaster,
         GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"pg_shapes.sync_interval",
-        c"Longest delay before appended changes are made durable and the slot advanced.",
-        c"Changes are visible to readers at once; this bounds how much WAL is replayed after a crash.",
-        &SYNC_INTERVAL_MS,
-        1,
-        60_000,
-        GucContext::Sighup,
-        GucFlags::UNIT_MS,
-    );
-    GucRegistry::define_bool_guc(
-        c"pg_shapes.internal_ddl",
-        c"Internal: set while pg_shapes alters a table itself.",
-        c"",
-        &INTERNAL_DDL,
-        GucContext::Userset,
-        GucFlags::NO_SHOW_ALL,
     );
 }
 

@@ -210,6 +210,18 @@ fn invalidation_is_visible_to_readers_with_its_reason() {
 }
 
 #[test]
+fn the_first_terminal_state_sticks_but_deletion_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let _w = write_snapshot(dir.path(), 1, 1 << 20);
+    writer::mark_gone(dir.path(), LogState::Failed, "where: division by zero").unwrap();
+    writer::mark_gone(dir.path(), LogState::Invalidated, "the shape was invalidated").unwrap();
+    let r = LogReader::open(dir.path()).unwrap();
+    assert_eq!((r.status().state, r.status().reason.as_str()), (LogState::Failed, "where: division by zero"));
+    writer::mark_gone(dir.path(), LogState::Deleted, "deleted").unwrap();
+    assert_eq!(r.status().state, LogState::Deleted);
+}
+
+#[test]
 fn the_doorbell_wakes_a_waiter_and_publishes_progress() {
     let dir = tempfile::tempdir().unwrap();
     let bell = Doorbell::open_rw(dir.path()).unwrap();

@@ -481,8 +481,14 @@ impl LogWriter {
     }
 
     /// Moves the log to a terminal state with a reason clients and operators can read.
+    ///
+    /// The first terminal state sticks (it carries the most specific reason), except
+    /// that deletion always wins.
     pub fn set_gone(&mut self, state: LogState, reason: &str) -> Result<()> {
         debug_assert!(state.is_gone());
+        if !supersedes(self.state(), state) {
+            return Ok(());
+        }
         self.header().set_state_release(state, reason);
         self.index.flush_range(0, HEADER_BYTES).map_err(|e| LogError::io(self.dir.join(INDEX_FILE), e))
     }
@@ -506,8 +512,15 @@ pub fn mark_gone(dir: &Path, state: LogState, reason: &str) -> Result<()> {
     if !header.magic_ok() {
         return Err(LogError::BadHeader { path, version: FORMAT_VERSION });
     }
+    if !supersedes(LogState::from_u32(header.state().load(Ordering::Acquire)), state) {
+        return Ok(());
+    }
     header.set_state_release(state, reason);
     map.flush_range(0, HEADER_BYTES).map_err(|e| LogError::io(&path, e))
+}
+
+fn supersedes(current: LogState, new: LogState) -> bool {
+    !current.is_gone() || (new == LogState::Deleted && current != LogState::Deleted)
 }
 
 /// Fsyncs a directory so that file creations and removals in it are durable.

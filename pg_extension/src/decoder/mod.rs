@@ -42,13 +42,16 @@ pub extern "C-unwind" fn pg_shapes_decoder_main(_arg: pg_sys::Datum) {
     allow_our_output_plugin();
     wait_until_ready();
 
+    // Shapes that exist before the slot does may have missed changes if the slot has to
+    // be created; shapes created afterwards cannot (get_or_create_shape waits for it).
+    let existing: Vec<i64> = worker_transaction(Isolation::ReadCommitted, || catalog::load_live_shapes().iter().map(|r| r.id).collect());
     let recreated = ensure_slot(&slot);
     if recreated {
         worker_transaction(Isolation::ReadCommitted, || {
-            let ids: Vec<i64> = catalog::load_live_shapes().iter().map(|r| r.id).collect();
+            let ids = &existing;
             if !ids.is_empty() {
                 warning!("pg_shapes: replication slot {slot} was (re)created; invalidating {} shape(s) that may have missed changes", ids.len());
-                catalog::invalidate(&ids, &format!("the replication slot {slot} was recreated, so changes may have been missed"));
+                catalog::invalidate(ids, &format!("the replication slot {slot} was recreated, so changes may have been missed"));
             }
         });
     }
@@ -123,6 +126,7 @@ fn wait_until_ready() {
             said = problem;
         }
         bgworker::set_status("waiting");
+        // get_or_create_shape wakes us when someone is waiting for the slot.
         bgworker::wait(Duration::from_secs(2));
         bgworker::reload_config_if_requested();
     }

@@ -129,6 +129,13 @@ pub fn config_value(name: &str) -> Option<String> {
     }
 }
 
+/// Sleeps in a backend, honouring cancel requests.
+pub fn sleep(d: std::time::Duration) {
+    // SAFETY: pg_usleep only sleeps; interrupts are checked right after.
+    unsafe { pg_sys::pg_usleep(d.as_micros().min(i64::MAX as u128) as std::ffi::c_long) };
+    check_for_interrupts();
+}
+
 /// Checks for query cancel / termination requests (ERROR or FATAL on request).
 pub fn check_for_interrupts() {
     pgrx::check_for_interrupts!();
