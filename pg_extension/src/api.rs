@@ -1,8 +1,8 @@
 //! The SQL API in schema `shapes` (see docs/sql-api.md): what the sidecar
 //! calls, and what an operator can call from psql.
 
-use pgrx::prelude::*;
 use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 use shape_log::LogReader;
 
@@ -10,7 +10,11 @@ use crate::catalog::Spec;
 use crate::definition::{self, ShapeRequest};
 use crate::encode::Projection;
 use crate::error::{Param, ShapeError};
-use crate::pg::{self, text::OutputFn, xact::{current_memory_context, MemoryContext}};
+use crate::pg::{
+    self,
+    text::OutputFn,
+    xact::{current_memory_context, MemoryContext},
+};
 use crate::{guc, shmem};
 
 /// Refuses to create shapes no worker would maintain.
@@ -25,9 +29,13 @@ fn ensure_engine_available() {
         .report(PgLogLevel::ERROR);
     }
     if !pg::wal_level_is_logical() {
-        ErrorReport::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "pg_shapes needs wal_level = logical", "pg_shapes")
-            .set_hint("set wal_level = logical in postgresql.conf and restart Postgres")
-            .report(PgLogLevel::ERROR);
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "pg_shapes needs wal_level = logical",
+            "pg_shapes",
+        )
+        .set_hint("set wal_level = logical in postgresql.conf and restart Postgres")
+        .report(PgLogLevel::ERROR);
     }
 }
 
@@ -52,10 +60,15 @@ fn wait_for_slot() {
         if std::time::Instant::now() >= deadline {
             ErrorReport::new(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                format!("pg_shapes is still starting: its replication slot {slot} does not exist yet; retry in a moment"),
+                format!(
+                    "pg_shapes is still starting: its replication slot {slot} does not exist yet; retry in a moment"
+                ),
                 "pg_shapes",
             )
-            .set_hint(format!("the pg_shapes decoder creates the slot once the extension exists in database {}; check the server log", guc::database()))
+            .set_hint(format!(
+                "the pg_shapes decoder creates the slot once the extension exists in database {}; check the server log",
+                guc::database()
+            ))
             .report(PgLogLevel::ERROR);
         }
         if let Some(s) = shmem::shared() {
@@ -78,7 +91,6 @@ fn log_gone(handle: &str, state: &str) -> Option<String> {
         Err(e) => Some(format!("its log cannot be read: {e}")),
     }
 }
-
 
 struct Found {
     id: i64,
@@ -126,8 +138,16 @@ fn prepare_table(spec: &Spec, replica_identity: &str) {
     )
     .unwrap_or(false);
     if !in_publication {
-        let exists = crate::sql::select_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'pg_shapes')", &[]).unwrap_or(false);
-        let sql = if exists { format!("ALTER PUBLICATION pg_shapes ADD TABLE {table}") } else { format!("CREATE PUBLICATION pg_shapes FOR TABLE {table}") };
+        let exists = crate::sql::select_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'pg_shapes')",
+            &[],
+        )
+        .unwrap_or(false);
+        let sql = if exists {
+            format!("ALTER PUBLICATION pg_shapes ADD TABLE {table}")
+        } else {
+            format!("CREATE PUBLICATION pg_shapes FOR TABLE {table}")
+        };
         Spi::run(&sql).unwrap_or_else(|e| error!("pg_shapes could not add {table} to publication pg_shapes: {e}"));
     }
 }
@@ -145,14 +165,14 @@ fn get_or_create_shape(
 ) -> TableIterator<
     'static,
     (
-    name!(handle, String),
-    name!(shape_id, i64),
-    name!(schema_name, String),
-    name!(relation_name, String),
-    name!(electric_schema, String),
-    name!(state, String),
-    name!(storage_dir, String),
-),
+        name!(handle, String),
+        name!(shape_id, i64),
+        name!(schema_name, String),
+        name!(relation_name, String),
+        name!(electric_schema, String),
+        name!(state, String),
+        name!(storage_dir, String),
+    ),
 > {
     ensure_engine_available();
     let req = ShapeRequest {
@@ -167,7 +187,15 @@ fn get_or_create_shape(
     let resolved = definition::resolve(&req).unwrap_or_else(|e| e.raise());
     let storage = guc::storage_dir().to_string_lossy().into_owned();
     let row = |f: Found| {
-        TableIterator::once((f.handle, f.id, resolved.spec.schema.clone(), resolved.spec.table.clone(), f.electric_schema, f.state, storage.clone()))
+        TableIterator::once((
+            f.handle,
+            f.id,
+            resolved.spec.schema.clone(),
+            resolved.spec.table.clone(),
+            f.electric_schema,
+            f.state,
+            storage.clone(),
+        ))
     };
 
     if let Some(f) = find_live(&resolved.identity) {
@@ -182,8 +210,11 @@ fn get_or_create_shape(
     wait_for_slot();
     // Serialise creators of shapes on one table: the replica identity change and the
     // publication membership are then done once, and ON CONFLICT below is only a guard.
-    Spi::run_with_args("SELECT pg_advisory_xact_lock(hashtext('pg_shapes'), $1::int4)", &[(resolved.spec.relid as i32).into()])
-        .unwrap_or_else(|e| error!("pg_shapes could not lock table {}: {e}", resolved.spec.qualified_table()));
+    Spi::run_with_args(
+        "SELECT pg_advisory_xact_lock(hashtext('pg_shapes'), $1::int4)",
+        &[(resolved.spec.relid as i32).into()],
+    )
+    .unwrap_or_else(|e| error!("pg_shapes could not lock table {}: {e}", resolved.spec.qualified_table()));
     if let Some(f) = find_live(&resolved.identity) {
         return row(f);
     }
@@ -232,22 +263,34 @@ fn get_or_create_shape(
 /// Deletes a shape by handle; its log is removed by the worker. True if it existed.
 #[pg_extern(volatile, parallel_unsafe)]
 fn delete_shape(handle: &str) -> bool {
-    Spi::get_one_with_args::<bool>("WITH d AS (DELETE FROM shapes.shape WHERE handle = $1 RETURNING 1) SELECT count(*) > 0 FROM d", &[handle.into()])
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    Spi::get_one_with_args::<bool>(
+        "WITH d AS (DELETE FROM shapes.shape WHERE handle = $1 RETURNING 1) SELECT count(*) > 0 FROM d",
+        &[handle.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
 }
 
 /// Deletes every shape of a table; returns how many there were.
 #[pg_extern(volatile, parallel_unsafe)]
 fn delete_table_shapes(table_name: &str) -> i64 {
-    let relid = crate::sql::select_one::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[table_name.into()]).unwrap_or_else(|| {
-        ShapeError::with_code(Param::Table, PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, format!("table \"{table_name}\" does not exist")).raise()
-    });
-    Spi::get_one_with_args::<i64>("WITH d AS (DELETE FROM shapes.shape WHERE relid = $1 RETURNING 1) SELECT count(*) FROM d", &[relid.into()])
-        .ok()
-        .flatten()
-        .unwrap_or(0)
+    let relid = crate::sql::select_one::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[table_name.into()])
+        .unwrap_or_else(|| {
+            ShapeError::with_code(
+                Param::Table,
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                format!("table \"{table_name}\" does not exist"),
+            )
+            .raise()
+        });
+    Spi::get_one_with_args::<i64>(
+        "WITH d AS (DELETE FROM shapes.shape WHERE relid = $1 RETURNING 1) SELECT count(*) FROM d",
+        &[relid.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0)
 }
 
 /// Whether the decoder runs and how far the logs are complete (JSON).
@@ -325,9 +368,15 @@ fn subset(
     lim: default!(Option<i64>, "NULL"),
     off: default!(Option<i64>, "NULL"),
 ) -> String {
-    let spec_json = crate::sql::select_one::<String>("SELECT spec FROM shapes.shape WHERE handle = $1 AND state <> 'invalid'", &[handle.into()])
-        .unwrap_or_else(|| ShapeError::invalid(Param::Handle, format!("shape {handle} does not exist or is no longer valid")).raise());
-    let spec: Spec = serde_json::from_str(&spec_json).unwrap_or_else(|e| error!("pg_shapes: shape {handle} has an unreadable spec: {e}"));
+    let spec_json = crate::sql::select_one::<String>(
+        "SELECT spec FROM shapes.shape WHERE handle = $1 AND state <> 'invalid'",
+        &[handle.into()],
+    )
+    .unwrap_or_else(|| {
+        ShapeError::invalid(Param::Handle, format!("shape {handle} does not exist or is no longer valid")).raise()
+    });
+    let spec: Spec = serde_json::from_str(&spec_json)
+        .unwrap_or_else(|e| error!("pg_shapes: shape {handle} has an unreadable spec: {e}"));
     if lim.is_some_and(|l| l <= 0) {
         ShapeError::invalid(Param::SubsetLimit, "limit must be greater than 0").raise();
     }
@@ -379,7 +428,8 @@ fn subset(
     }
 
     let mark: i32 = crate::sql::select_one("SELECT floor(random() * 2147483647)::int4", &[]).unwrap_or(0);
-    let settings: Vec<(&str, &str)> = pg::DISPLAY_SETTINGS.iter().copied().chain(std::iter::once(pg::CATALOG_SEARCH_PATH)).collect();
+    let settings: Vec<(&str, &str)> =
+        pg::DISPLAY_SETTINGS.iter().copied().chain(std::iter::once(pg::CATALOG_SEARCH_PATH)).collect();
     pg::with_settings(&settings, || {
         Spi::connect(|_| {
             // Metadata and rows are read under the same (statement) snapshot: both queries
@@ -391,8 +441,13 @@ fn subset(
                         (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint::text
                    FROM pg_current_snapshot() s",
                 |row| {
-                    let outs = row.types.iter().map(|&t| OutputFn::new(t, current_memory_context())).collect::<Vec<_>>();
-                    meta = outs.iter().zip(row.values).map(|(o, &d)| String::from_utf8_lossy(&o.to_vec(d)).into_owned()).collect();
+                    let outs =
+                        row.types.iter().map(|&t| OutputFn::new(t, current_memory_context())).collect::<Vec<_>>();
+                    meta = outs
+                        .iter()
+                        .zip(row.values)
+                        .map(|(o, &d)| String::from_utf8_lossy(&o.to_vec(d)).into_owned())
+                        .collect();
                 },
             );
             let (xmin, xmax, xip, lsn) = (&meta[0], &meta[1], &meta[2], &meta[3]);
@@ -411,7 +466,9 @@ fn subset(
                 }
                 cxt.switch_to(|| {
                     texts.clear();
-                    texts.extend(row.values.iter().zip(row.nulls).zip(&outs).map(|((&d, &n), o)| (!n).then(|| o.to_vec(d))));
+                    texts.extend(
+                        row.values.iter().zip(row.nulls).zip(&outs).map(|((&d, &n), o)| (!n).then(|| o.to_vec(d))),
+                    );
                 });
                 cxt.reset();
                 let t: Vec<Option<&[u8]>> = texts.iter().map(|t| t.as_deref()).collect();

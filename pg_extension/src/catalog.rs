@@ -107,7 +107,8 @@ pub struct ShapeRow {
 pub fn load_live_shapes() -> Vec<ShapeRow> {
     let sql = format!("SELECT {SHAPE_COLUMNS} FROM shapes.shape WHERE state <> 'invalid' ORDER BY id");
     Spi::connect(|client| {
-        let table = client.select(&sql, None, &[]).unwrap_or_else(|e| error!("pg_shapes could not read its catalog: {e}"));
+        let table =
+            client.select(&sql, None, &[]).unwrap_or_else(|e| error!("pg_shapes could not read its catalog: {e}"));
         let mut rows = Vec::new();
         for row in table {
             let id: i64 = row.get(1).ok().flatten().unwrap_or_default();

@@ -73,8 +73,12 @@ fn resolve_relid(table: &str) -> ShapeResult<pg_sys::Oid> {
         return Err(ShapeError::invalid(Param::Table, "table must name a table"));
     }
     let name = table.to_string();
-    let found = try_subtransaction(move || crate::sql::select_one::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[name.as_str().into()]))
-        .map_err(|e| ShapeError::invalid(Param::Table, format!("table \"{table}\" is not a valid table name: {}", e.message)))?;
+    let found = try_subtransaction(move || {
+        crate::sql::select_one::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[name.as_str().into()])
+    })
+    .map_err(|e| {
+        ShapeError::invalid(Param::Table, format!("table \"{table}\" is not a valid table name: {}", e.message))
+    })?;
     found.ok_or_else(|| {
         ShapeError::with_code(
             Param::Table,
@@ -169,18 +173,33 @@ fn primary_key(relid: pg_sys::Oid) -> Vec<i16> {
 fn check_table(table: &str, info: &TableInfo) -> ShapeResult<()> {
     let kind = match info.relkind.as_str() {
         "r" => None,
-        "p" => Some("a partitioned table; shapes on partitioned tables are not supported yet, create them on the partitions"),
+        "p" => Some(
+            "a partitioned table; shapes on partitioned tables are not supported yet, create them on the partitions",
+        ),
         "v" => Some("a view"),
         "m" => Some("a materialized view"),
         "f" => Some("a foreign table"),
         _ => Some("not a table"),
     };
     if let Some(kind) = kind {
-        return Err(ShapeError::invalid(Param::Table, format!("\"{table}\" is {kind}: shapes need an ordinary table whose changes are written to the WAL")));
+        return Err(ShapeError::invalid(
+            Param::Table,
+            format!("\"{table}\" is {kind}: shapes need an ordinary table whose changes are written to the WAL"),
+        ));
     }
     match info.persistence.as_str() {
-        "u" => return Err(ShapeError::invalid(Param::Table, format!("table \"{table}\" is unlogged: its changes are not written to the WAL, so no shape can follow them"))),
-        "t" => return Err(ShapeError::invalid(Param::Table, format!("table \"{table}\" is temporary and cannot be shaped"))),
+        "u" => return Err(ShapeError::invalid(
+            Param::Table,
+            format!(
+                "table \"{table}\" is unlogged: its changes are not written to the WAL, so no shape can follow them"
+            ),
+        )),
+        "t" => {
+            return Err(ShapeError::invalid(
+                Param::Table,
+                format!("table \"{table}\" is temporary and cannot be shaped"),
+            ))
+        }
         _ => {}
     }
     if matches!(info.schema.as_str(), "pg_catalog" | "information_schema" | "shapes" | "pg_toast") {
@@ -193,7 +212,11 @@ fn check_table(table: &str, info: &TableInfo) -> ShapeResult<()> {
         ));
     }
     if !info.can_select {
-        return Err(ShapeError::with_code(Param::Table, PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied for table \"{table}\"")));
+        return Err(ShapeError::with_code(
+            Param::Table,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied for table \"{table}\""),
+        ));
     }
     if info.rls_active {
         return Err(ShapeError::with_code(
@@ -206,12 +229,19 @@ fn check_table(table: &str, info: &TableInfo) -> ShapeResult<()> {
 }
 
 /// Selected columns (table order) and their names as asked, or all columns.
-fn select_columns(table: &str, all: &[TableColumn], asked: Option<&str>) -> ShapeResult<(Vec<TableColumn>, Option<Vec<String>>)> {
+fn select_columns(
+    table: &str,
+    all: &[TableColumn],
+    asked: Option<&str>,
+) -> ShapeResult<(Vec<TableColumn>, Option<Vec<String>>)> {
     let Some(asked) = asked else { return Ok((all.to_vec(), None)) };
     let names = split_identifiers(asked)
         .ok_or_else(|| ShapeError::invalid(Param::Columns, format!("columns {asked:?} is not a comma-separated list of column names (quote names with capitals or special characters)")))?;
     if names.is_empty() || names.iter().any(|n| n.is_empty()) {
-        return Err(ShapeError::invalid(Param::Columns, "columns must name at least one column and may not contain empty names"));
+        return Err(ShapeError::invalid(
+            Param::Columns,
+            "columns must name at least one column and may not contain empty names",
+        ));
     }
     let mut picked: Vec<TableColumn> = Vec::new();
     let mut missing = Vec::new();
@@ -325,12 +355,22 @@ pub fn resolve(req: &ShapeRequest) -> ShapeResult<Resolved> {
     let replica_full = match req.replica.as_str() {
         "" | "default" => false,
         "full" => true,
-        other => return Err(ShapeError::invalid(Param::Replica, format!("replica must be \"default\" or \"full\", not {other:?}"))),
+        other => {
+            return Err(ShapeError::invalid(
+                Param::Replica,
+                format!("replica must be \"default\" or \"full\", not {other:?}"),
+            ))
+        }
     };
     let changes_only = match req.log_mode.as_str() {
         "" | "full" => false,
         "changes_only" => true,
-        other => return Err(ShapeError::invalid(Param::Log, format!("log must be \"full\" or \"changes_only\", not {other:?}"))),
+        other => {
+            return Err(ShapeError::invalid(
+                Param::Log,
+                format!("log must be \"full\" or \"changes_only\", not {other:?}"),
+            ))
+        }
     };
 
     let relid = resolve_relid(&req.table)?;
@@ -346,7 +386,8 @@ pub fn resolve(req: &ShapeRequest) -> ShapeResult<Resolved> {
     // Without a primary key a row is identified by all of its columns (sorted by name, as
     // Electric does), so a column subset cannot identify rows.
     let key: Vec<SpecColumn> = if pk.is_empty() {
-        let mut k: Vec<SpecColumn> = all.iter().map(|c| SpecColumn { attnum: c.attnum, name: c.name.clone() }).collect();
+        let mut k: Vec<SpecColumn> =
+            all.iter().map(|c| SpecColumn { attnum: c.attnum, name: c.name.clone() }).collect();
         k.sort_by(|a, b| a.name.cmp(&b.name));
         k
     } else {
@@ -355,26 +396,39 @@ pub fn resolve(req: &ShapeRequest) -> ShapeResult<Resolved> {
             .map(|c| SpecColumn { attnum: c.attnum, name: c.name.clone() })
             .collect()
     };
-    let missing: Vec<&str> = key.iter().filter(|k| !selected.iter().any(|c| c.attnum == k.attnum)).map(|k| k.name.as_str()).collect();
+    let missing: Vec<&str> =
+        key.iter().filter(|k| !selected.iter().any(|c| c.attnum == k.attnum)).map(|k| k.name.as_str()).collect();
     if !missing.is_empty() {
-        let what = if pk.is_empty() { "every column (the table has no primary key, so all columns identify a row)" } else { "all primary key columns" };
-        return Err(ShapeError::invalid(Param::Columns, format!("columns must include {what}, missing: {}", missing.join(", "))));
+        let what = if pk.is_empty() {
+            "every column (the table has no primary key, so all columns identify a row)"
+        } else {
+            "all primary key columns"
+        };
+        return Err(ShapeError::invalid(
+            Param::Columns,
+            format!("columns must include {what}, missing: {}", missing.join(", ")),
+        ));
     }
 
     let (where_sql, where_node) = match req.where_clause.as_deref().map(str::trim).filter(|w| !w.is_empty()) {
         Some(w) => {
-            let rel = OpenRel::open(relid).ok_or_else(|| ShapeError::invalid(Param::Table, format!("table \"{}\" was dropped", req.table)))?;
+            let rel = OpenRel::open(relid)
+                .ok_or_else(|| ShapeError::invalid(Param::Table, format!("table \"{}\" was dropped", req.table)))?;
             // SAFETY: the relation is open and we run inside the caller's transaction.
             let analysed = unsafe { analyse_where(rel.raw(), w, &req.params) }.map_err(where_error)?;
             (Some(analysed.sql), Some(analysed.node))
         }
         None if !req.params.is_empty() => {
-            return Err(ShapeError::invalid(Param::Params, "params were given but there is no where clause to use them"));
+            return Err(ShapeError::invalid(
+                Param::Params,
+                "params were given but there is no where clause to use them",
+            ));
         }
         None => (None, None),
     };
 
-    let columns: Vec<SpecColumn> = selected.iter().map(|c| SpecColumn { attnum: c.attnum, name: c.name.clone() }).collect();
+    let columns: Vec<SpecColumn> =
+        selected.iter().map(|c| SpecColumn { attnum: c.attnum, name: c.name.clone() }).collect();
     let identity = format!(
         "{}|{}|{}|{}|{}",
         relid,
@@ -408,7 +462,15 @@ pub fn resolve(req: &ShapeRequest) -> ShapeResult<Resolved> {
 mod tests {
     use super::*;
 
-    fn col(attnum: i16, name: &str, typname: &str, typmod: i32, not_null: bool, is_array: bool, ndims: i32) -> TableColumn {
+    fn col(
+        attnum: i16,
+        name: &str,
+        typname: &str,
+        typmod: i32,
+        not_null: bool,
+        is_array: bool,
+        ndims: i32,
+    ) -> TableColumn {
         TableColumn { attnum, name: name.into(), typmod, not_null, ndims, typname: typname.into(), is_array }
     }
 
@@ -435,7 +497,10 @@ mod tests {
     fn interval_modifiers_name_their_fields() {
         // interval DAY TO SECOND(3)
         let typmod = ((1 << 3 | 1 << 10 | 1 << 11 | 1 << 12) << 16) | 3;
-        assert_eq!(type_modifiers("interval", typmod), vec![("precision", json!(3)), ("fields", json!("DAY TO SECOND"))]);
+        assert_eq!(
+            type_modifiers("interval", typmod),
+            vec![("precision", json!(3)), ("fields", json!("DAY TO SECOND"))]
+        );
         assert!(type_modifiers("text", -1).is_empty());
     }
 }

@@ -36,7 +36,11 @@ impl Projection {
             })
             .collect();
         let attnums: Vec<i16> = spec.columns.iter().map(|c| c.attnum).collect();
-        let key_pos = spec.key.iter().map(|k| attnums.iter().position(|&a| a == k.attnum).expect("key columns are selected")).collect();
+        let key_pos = spec
+            .key
+            .iter()
+            .map(|k| attnums.iter().position(|&a| a == k.attnum).expect("key columns are selected"))
+            .collect();
         Projection {
             relation: RelationJson::new(&spec.schema, &spec.table),
             names_json,
@@ -54,7 +58,13 @@ impl Projection {
 
     /// A snapshot row: `{"headers":{"operation":"insert","relation":[…]<extra>},"key":…,"value":{…}}`.
     /// `extra_headers` is inserted verbatim (e.g. `,"snapshot_mark":7`).
-    pub fn snapshot_row(&self, texts: &[Option<&[u8]>], extra_headers: &[u8], key_buf: &mut Vec<u8>, out: &mut Vec<u8>) {
+    pub fn snapshot_row(
+        &self,
+        texts: &[Option<&[u8]>],
+        extra_headers: &[u8],
+        key_buf: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) {
         key_buf.clear();
         self.key(texts, key_buf);
         wire::push_snapshot_head(out, &self.relation);
@@ -127,7 +137,12 @@ mod tests {
         let p = Projection::of(&spec());
         let mut out = Vec::new();
         let mut old = vec![(1usize, Some(&b"old"[..]))].into_iter();
-        p.change_body(br#""public"."items"/"1""#, vec![(0, Some(&b"1"[..])), (1, Some(&b"new"[..]))].into_iter(), Some(&mut old), &mut out);
+        p.change_body(
+            br#""public"."items"/"1""#,
+            vec![(0, Some(&b"1"[..])), (1, Some(&b"new"[..]))].into_iter(),
+            Some(&mut old),
+            &mut out,
+        );
         let msg = [br#"{"headers":{"operation":"update""#.as_slice(), &out].concat();
         let v: Value = serde_json::from_slice(&msg).unwrap();
         assert_eq!(v["value"], json!({"id": "1", "title": "new"}));

@@ -69,7 +69,12 @@ pub extern "C-unwind" fn _PG_init() {
         let restart = std::time::Duration::from_secs(1);
         pg::bgworker::register("pg_shapes decoder", "pg_shapes_decoder_main", 0, restart);
         for i in 0..guc::snapshot_workers() {
-            pg::bgworker::register(&format!("pg_shapes snapshotter {i}"), "pg_shapes_snapshotter_main", i as i64, restart);
+            pg::bgworker::register(
+                &format!("pg_shapes snapshotter {i}"),
+                "pg_shapes_snapshotter_main",
+                i as i64,
+                restart,
+            );
         }
     }
     shmem::register_commit_hook();

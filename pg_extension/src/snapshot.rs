@@ -18,7 +18,9 @@ use crate::catalog::{SnapshotInfo, Spec};
 use crate::encode::Projection;
 use crate::pg::dest::stream_query;
 use crate::pg::text::OutputFn;
-use crate::pg::xact::{current_memory_context, try_subtransaction, worker_transaction, with_latest_snapshot, Isolation, MemoryContext};
+use crate::pg::xact::{
+    current_memory_context, try_subtransaction, with_latest_snapshot, worker_transaction, Isolation, MemoryContext,
+};
 use crate::pg::{self, bgworker};
 use crate::{catalog, guc, shmem};
 
@@ -37,7 +39,8 @@ pub extern "C-unwind" fn pg_shapes_snapshotter_main(arg: pg_sys::Datum) {
     let shared = shmem::shared().expect("workers only run when preloaded");
     shared.register_snapshotter(index);
     let storage = guc::storage_dir();
-    let bell = Doorbell::open_rw(&storage).unwrap_or_else(|e| error!("pg_shapes snapshotter cannot open its doorbell: {e}"));
+    let bell =
+        Doorbell::open_rw(&storage).unwrap_or_else(|e| error!("pg_shapes snapshotter cannot open its doorbell: {e}"));
     log!("pg_shapes snapshotter {index} started (storage {})", storage.display());
     loop {
         bgworker::reload_config_if_requested();
@@ -70,7 +73,9 @@ fn snapshot_batch(storage: &std::path::Path, bell: &Doorbell) -> usize {
     worker_transaction(Isolation::ReadCommitted, || {
         // Look before locking: claiming rows assigns a transaction id (and costs a commit
         // record), which an idle poll every second should not.
-        if !crate::sql::select_one::<bool>("SELECT EXISTS (SELECT 1 FROM shapes.shape WHERE state = 'creating')", &[]).unwrap_or(false) {
+        if !crate::sql::select_one::<bool>("SELECT EXISTS (SELECT 1 FROM shapes.shape WHERE state = 'creating')", &[])
+            .unwrap_or(false)
+        {
             return 0;
         }
         let claimed: Vec<Claimed> = Spi::connect_mut(|client| {
@@ -159,7 +164,11 @@ fn snapshot_one(storage: &std::path::Path, bell: &Doorbell, c: &Claimed, snap: &
     if dir.exists() {
         // A previous attempt died half-way; clients may have seen part of it, so this
         // handle cannot continue with a different snapshot.
-        return fail(storage, c, "internal: a previous snapshot attempt was interrupted; the shape must be recreated".to_string());
+        return fail(
+            storage,
+            c,
+            "internal: a previous snapshot attempt was interrupted; the shape must be recreated".to_string(),
+        );
     }
     bgworker::set_status(&format!("snapshot of {} for shape {}", spec.qualified_table(), c.handle));
     let (handle, id) = (c.handle.clone(), c.id);
@@ -185,7 +194,14 @@ fn sqlstate_class(code: pgrx::PgSqlErrorCode) -> String {
 }
 
 /// Writes the snapshot rows and `snapshot-end`, syncs, and returns the row count.
-fn write_snapshot(dir: &std::path::Path, id: u64, handle: &str, spec: &Spec, snap: &SnapshotInfo, bell: &Doorbell) -> Result<u64, shape_log::LogError> {
+fn write_snapshot(
+    dir: &std::path::Path,
+    id: u64,
+    handle: &str,
+    spec: &Spec,
+    snap: &SnapshotInfo,
+    bell: &Doorbell,
+) -> Result<u64, shape_log::LogError> {
     let mut w = LogWriter::create(dir, id, handle, spec.chunk_bytes)?;
     bell.ring(0);
     let mut rows = 0u64;
@@ -210,7 +226,9 @@ fn write_snapshot(dir: &std::path::Path, id: u64, handle: &str, spec: &Spec, sna
                 // constant memory.
                 row_cxt.switch_to(|| {
                     texts.clear();
-                    texts.extend(row.values.iter().zip(row.nulls).zip(&outs).map(|((&d, &n), o)| (!n).then(|| o.to_vec(d))));
+                    texts.extend(
+                        row.values.iter().zip(row.nulls).zip(&outs).map(|((&d, &n), o)| (!n).then(|| o.to_vec(d))),
+                    );
                 });
                 row_cxt.reset();
                 let t: Vec<Option<&[u8]>> = texts.iter().map(|t| t.as_deref()).collect();
@@ -248,7 +266,8 @@ fn fail(storage: &std::path::Path, c: &Claimed, reason: String) -> Outcome {
     let dir = storage.join(&c.handle);
     let marked = match shape_log::writer::mark_gone(&dir, LogState::Failed, &reason) {
         Ok(()) => Ok(()),
-        Err(_) => LogWriter::create(&dir, c.id as u64, &c.handle, 4096).and_then(|mut w| w.set_gone(LogState::Failed, &reason)),
+        Err(_) => LogWriter::create(&dir, c.id as u64, &c.handle, 4096)
+            .and_then(|mut w| w.set_gone(LogState::Failed, &reason)),
     };
     if let Err(e) = marked {
         warning!("pg_shapes: could not record the failure of shape {} in its log: {e}", c.handle);

@@ -15,7 +15,10 @@ pub fn select_one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid<'_>]
 }
 
 /// First two columns of the first row, if any.
-pub fn select_two<A: FromDatum + IntoDatum, B: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid<'_>]) -> Option<(Option<A>, Option<B>)> {
+pub fn select_two<A: FromDatum + IntoDatum, B: FromDatum + IntoDatum>(
+    sql: &str,
+    args: &[DatumWithOid<'_>],
+) -> Option<(Option<A>, Option<B>)> {
     Spi::connect(|c| {
         let t = c.select(sql, Some(1), args).ok()?;
         if t.is_empty() {

@@ -174,6 +174,14 @@ fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
 fn futex_wake_all(word: &AtomicU32) {
     // SAFETY: as for `futex_wait`; waking has no memory effects.
     unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX, std::ptr::null::<u32>(), std::ptr::null::<u32>(), 0u32);
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<u32>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        );
     }
 }

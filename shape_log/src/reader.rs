@@ -230,6 +230,11 @@ impl LogReader {
         Ok((fresh, committed))
     }
 
+    /// The lifecycle state alone, without allocating.
+    pub fn state(&self) -> LogState {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).state()
+    }
+
     /// The header fields at this moment.
     pub fn status(&self) -> LogStatus {
         self.view.read().unwrap_or_else(|p| p.into_inner()).status()

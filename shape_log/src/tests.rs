@@ -7,6 +7,24 @@ use crate::layout::{FLAG_CHUNK_START, FLAG_LAST_IN_TX, HEADER_BYTES, RECORD_BYTE
 use crate::pending::PendingWriter;
 use crate::*;
 
+/// A log directory path that does not exist yet, inside a temporary directory.
+struct TestDir {
+    _tmp: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl TestDir {
+    fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+fn test_dir() -> TestDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("log");
+    TestDir { _tmp: tmp, path }
+}
+
 fn msg(i: u64) -> Vec<u8> {
     format!(r#"{{"n":{i}}}"#).into_bytes()
 }
@@ -26,7 +44,7 @@ fn write_snapshot(dir: &std::path::Path, rows: u64, chunk_bytes: u64) -> LogWrit
 
 #[test]
 fn readers_see_only_committed_transactions() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let mut w = write_snapshot(dir.path(), 2, 1 << 20);
     let r = LogReader::open(dir.path()).unwrap();
     assert_eq!(r.current().unwrap().1.records, 3);
@@ -45,7 +63,7 @@ fn readers_see_only_committed_transactions() {
 
 #[test]
 fn snapshot_offsets_are_chunk_numbers_and_live_starts_a_new_chunk() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     // Each message is 7-8 bytes plus a separator: a 20-byte chunk holds three rows.
     let mut w = write_snapshot(dir.path(), 7, 20);
     w.set_live(1);
@@ -77,7 +95,7 @@ fn snapshot_offsets_are_chunk_numbers_and_live_starts_a_new_chunk() {
 
 #[test]
 fn an_empty_snapshot_is_one_chunk_holding_snapshot_end() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     write_snapshot(dir.path(), 0, 1 << 20);
     let r = LogReader::open(dir.path()).unwrap();
     let (view, c) = r.current().unwrap();
@@ -90,7 +108,7 @@ fn an_empty_snapshot_is_one_chunk_holding_snapshot_end() {
 
 #[test]
 fn the_reader_follows_the_files_as_they_grow() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let mut w = write_snapshot(dir.path(), 0, 1 << 30);
     w.set_live(1);
     let r = LogReader::open(dir.path()).unwrap();
@@ -108,7 +126,7 @@ fn the_reader_follows_the_files_as_they_grow() {
 
 #[test]
 fn rollback_discards_a_transaction_that_was_never_committed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let mut w = write_snapshot(dir.path(), 1, 1 << 20);
     w.append_change(10, 0, RecordKind::Insert, true, &[b"1"]).unwrap();
     w.rollback();
@@ -123,7 +141,7 @@ fn rollback_discards_a_transaction_that_was_never_committed() {
 
 #[test]
 fn reopening_keeps_committed_transactions_and_drops_a_torn_tail() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     {
         let mut w = write_snapshot(dir.path(), 3, 1 << 20);
         w.append_change(10, 0, RecordKind::Insert, false, &[b"a"]).unwrap();
@@ -148,13 +166,13 @@ fn reopening_keeps_committed_transactions_and_drops_a_torn_tail() {
 
 #[test]
 fn a_process_crash_without_sync_loses_nothing_that_was_committed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     {
         let mut w = write_snapshot(dir.path(), 1, 1 << 20);
         w.append_change(10, 0, RecordKind::Insert, true, &[b"a"]).unwrap();
         w.commit(Some(10));
         w.append_change(20, 0, RecordKind::Insert, false, &[b"b"]).unwrap(); // never committed
-        // dropped without sync: the page cache still holds everything
+                                                                             // dropped without sync: the page cache still holds everything
     }
     let (mut w, rec) = LogWriter::open(dir.path()).unwrap();
     assert_eq!(rec.dropped_records, 0);
@@ -169,7 +187,7 @@ fn a_process_crash_without_sync_loses_nothing_that_was_committed() {
 
 #[test]
 fn damage_inside_the_snapshot_is_reported() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     {
         write_snapshot(dir.path(), 2, 1 << 20);
         let rec0 = LogReader::open(dir.path()).unwrap().current().unwrap().0.record(1);
@@ -182,15 +200,30 @@ fn damage_inside_the_snapshot_is_reported() {
 }
 
 #[test]
+fn a_log_appears_only_once_its_header_is_written() {
+    let dir = test_dir();
+    let path = dir.path().to_path_buf();
+    let w = LogWriter::create(&path, 9, "h-9", 100).unwrap();
+    assert_eq!(w.dir(), path.as_path());
+    let names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["log".to_string()], "no staging directory is left behind");
+    assert_eq!(LogReader::open(&path).unwrap().state(), LogState::Snapshotting);
+}
+
+#[test]
 fn creating_a_log_twice_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     LogWriter::create(dir.path(), 1, "h", 100).unwrap();
     assert!(matches!(LogWriter::create(dir.path(), 1, "h", 100), Err(LogError::AlreadyExists { .. })));
 }
 
 #[test]
 fn a_file_that_is_not_a_log_is_refused_with_its_path() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
+    std::fs::create_dir(dir.path()).unwrap();
     std::fs::write(dir.path().join("index"), vec![0u8; HEADER_BYTES + RECORD_BYTES]).unwrap();
     std::fs::write(dir.path().join("data"), b"").unwrap();
     let err = LogReader::open(dir.path()).err().expect("refused");
@@ -199,7 +232,7 @@ fn a_file_that_is_not_a_log_is_refused_with_its_path() {
 
 #[test]
 fn invalidation_is_visible_to_readers_with_its_reason() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let _w = write_snapshot(dir.path(), 1, 1 << 20);
     let r = LogReader::open(dir.path()).unwrap();
     writer::mark_gone(dir.path(), LogState::Invalidated, "table public.items was truncated").unwrap();
@@ -211,7 +244,7 @@ fn invalidation_is_visible_to_readers_with_its_reason() {
 
 #[test]
 fn the_first_terminal_state_sticks_but_deletion_wins() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let _w = write_snapshot(dir.path(), 1, 1 << 20);
     writer::mark_gone(dir.path(), LogState::Failed, "where: division by zero").unwrap();
     writer::mark_gone(dir.path(), LogState::Invalidated, "the shape was invalidated").unwrap();
@@ -223,7 +256,7 @@ fn the_first_terminal_state_sticks_but_deletion_wins() {
 
 #[test]
 fn the_doorbell_wakes_a_waiter_and_publishes_progress() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let bell = Doorbell::open_rw(dir.path()).unwrap();
     let reader = Doorbell::open_ro(dir.path()).unwrap();
     let seen = reader.seq();
@@ -245,7 +278,7 @@ fn the_doorbell_wakes_a_waiter_and_publishes_progress() {
 
 #[test]
 fn the_doorbell_wait_times_out_without_a_ring() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let _bell = Doorbell::open_rw(dir.path()).unwrap();
     let reader = Doorbell::open_ro(dir.path()).unwrap();
     let start = Instant::now();
@@ -256,7 +289,7 @@ fn the_doorbell_wait_times_out_without_a_ring() {
 
 #[test]
 fn pending_entries_come_back_in_order() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let path = dir.path().join("pending/5.pending");
     let mut p = PendingWriter::create(&path).unwrap();
     p.append(77, 100, 0, RecordKind::Insert, false, &[b"ab", b"c"]).unwrap();
@@ -264,7 +297,10 @@ fn pending_entries_come_back_in_order() {
     assert_eq!(p.len(), 2);
     let mut r = p.into_reader().unwrap();
     let a = r.next_entry().unwrap().unwrap();
-    assert_eq!((a.xid, a.tx, a.op, a.kind, a.last, a.message.as_slice()), (77, 100, 0, RecordKind::Insert, false, &b"abc"[..]));
+    assert_eq!(
+        (a.xid, a.tx, a.op, a.kind, a.last, a.message.as_slice()),
+        (77, 100, 0, RecordKind::Insert, false, &b"abc"[..])
+    );
     let b = r.next_entry().unwrap().unwrap();
     assert_eq!((b.xid, b.tx, b.kind, b.last), (78, 200, RecordKind::Delete, true));
     assert!(r.next_entry().unwrap().is_none());

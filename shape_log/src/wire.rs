@@ -225,7 +225,8 @@ pub fn up_to_date(global_last_seen_lsn: u64) -> Vec<u8> {
 
 /// `{"headers":{"control":"snapshot-end","xmin":"…","xmax":"…","xip_list":["…"]}}`
 pub fn snapshot_end(xmin: u64, xmax: u64, xip: &[u64]) -> Vec<u8> {
-    let mut out = format!(r#"{{"headers":{{"control":"snapshot-end","xmin":"{xmin}","xmax":"{xmax}","xip_list":["#).into_bytes();
+    let mut out =
+        format!(r#"{{"headers":{{"control":"snapshot-end","xmin":"{xmin}","xmax":"{xmax}","xip_list":["#).into_bytes();
     for (i, x) in xip.iter().enumerate() {
         if i > 0 {
             out.push(b',');

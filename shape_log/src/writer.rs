@@ -21,6 +21,8 @@ use crate::layout::*;
 pub const INDEX_FILE: &str = "index";
 /// Name of the file holding the message bytes.
 pub const DATA_FILE: &str = "data";
+/// Prefix of the hidden directory a log is prepared in before it appears.
+pub const STAGING_PREFIX: &str = ".creating-";
 
 const INITIAL_DATA_BYTES: u64 = 64 * 1024;
 const INITIAL_INDEX_RECORDS: u64 = 1024;
@@ -93,8 +95,33 @@ fn grown(current: u64, needed: u64) -> u64 {
 
 impl LogWriter {
     /// Creates a new, empty log in `dir` (which must not hold a log yet).
+    ///
+    /// The files are prepared in a hidden sibling directory and renamed into
+    /// place, so a reader never finds a log whose header is not written yet.
     pub fn create(dir: &Path, shape_id: u64, handle: &str, chunk_bytes: u64) -> Result<LogWriter> {
-        fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
+        if dir.exists() {
+            return Err(LogError::AlreadyExists { path: dir.to_path_buf() });
+        }
+        let parent = dir.parent().unwrap_or_else(|| Path::new("."));
+        fs::create_dir_all(parent).map_err(|e| LogError::io(parent, e))?;
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let staging = parent.join(format!("{STAGING_PREFIX}{name}"));
+        let _ = fs::remove_dir_all(&staging);
+        fs::create_dir(&staging).map_err(|e| LogError::io(&staging, e))?;
+        let mut w = Self::create_in(&staging, shape_id, handle, chunk_bytes)?;
+        fs::rename(&staging, dir).map_err(|e| {
+            if dir.exists() {
+                LogError::AlreadyExists { path: dir.to_path_buf() }
+            } else {
+                LogError::io(dir, e)
+            }
+        })?;
+        fsync_dir(parent)?;
+        w.dir = dir.to_path_buf();
+        Ok(w)
+    }
+
+    fn create_in(dir: &Path, shape_id: u64, handle: &str, chunk_bytes: u64) -> Result<LogWriter> {
         let index_path = dir.join(INDEX_FILE);
         let data_path = dir.join(DATA_FILE);
         let index_file = open_rw(&index_path, true)?;
@@ -126,7 +153,6 @@ impl LogWriter {
         // Persist the empty header and the directory entry, so a crash right after
         // creation leaves a recognisable (empty) log rather than a zeroed file.
         w.index.flush_range(0, HEADER_BYTES).map_err(|e| LogError::io(&index_path, e))?;
-        fsync_dir(dir)?;
         Ok(w)
     }
 
@@ -447,9 +473,7 @@ impl LogWriter {
         if idx_to > idx_from {
             // msync needs a page-aligned start.
             let start = idx_from & !(4095);
-            self.index
-                .flush_range(start, idx_to - start)
-                .map_err(|e| LogError::io(self.dir.join(INDEX_FILE), e))?;
+            self.index.flush_range(start, idx_to - start).map_err(|e| LogError::io(self.dir.join(INDEX_FILE), e))?;
         }
         self.header().durable_records().store(self.committed_records, Ordering::Release);
         self.index.flush_range(0, HEADER_BYTES).map_err(|e| LogError::io(self.dir.join(INDEX_FILE), e))?;

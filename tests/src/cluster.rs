@@ -10,8 +10,8 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use crate::env::{
-    free_port, new_test_dir, pg_command, pg_pkglibdir, pg_run_user, process_alive, run_ok,
-    send_signal, tail, test_tmp_base, TEST_DIR_PREFIX,
+    free_port, new_test_dir, pg_command, pg_pkglibdir, pg_run_user, process_alive, run_ok, send_signal, tail,
+    test_tmp_base, TEST_DIR_PREFIX,
 };
 
 /// The settings `scripts/cluster.sh init` appends to postgresql.conf, with
@@ -41,11 +41,7 @@ pub struct ClusterOptions {
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions {
-            extra_conf: Vec::new(),
-            preload: true,
-            create_extension: true,
-        }
+        ClusterOptions { extra_conf: Vec::new(), preload: true, create_extension: true }
     }
 }
 
@@ -116,23 +112,12 @@ impl TestCluster {
 
         let root = new_test_dir();
         if let Some(user) = pg_run_user() {
-            run_ok(
-                Command::new("chown")
-                    .arg(format!("{user}:{user}"))
-                    .arg(&root),
-                "chown test directory",
-            );
+            run_ok(Command::new("chown").arg(format!("{user}:{user}")).arg(&root), "chown test directory");
         }
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
-            .expect("chmod test directory");
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).expect("chmod test directory");
 
         let data = root.join("data");
-        let mut cluster = TestCluster {
-            root,
-            data,
-            port: free_port(),
-            log_counter: AtomicUsize::new(0),
-        };
+        let mut cluster = TestCluster { root, data, port: free_port(), log_counter: AtomicUsize::new(0) };
         cluster.initdb(&opts);
 
         let mut attempt = 0;
@@ -144,10 +129,7 @@ impl TestCluster {
                     attempt += 1;
                     cluster.port = free_port();
                 }
-                Err(e) => panic!(
-                    "could not start the test cluster in {}:\n{e}",
-                    cluster.root.display()
-                ),
+                Err(e) => panic!("could not start the test cluster in {}:\n{e}", cluster.root.display()),
             }
         }
 
@@ -155,12 +137,7 @@ impl TestCluster {
             cluster
                 .client()
                 .batch_execute("CREATE EXTENSION pg_shapes")
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "CREATE EXTENSION pg_shapes failed: {e}\n{}",
-                        cluster.log_tail(30)
-                    )
-                });
+                .unwrap_or_else(|e| panic!("CREATE EXTENSION pg_shapes failed: {e}\n{}", cluster.log_tail(30)));
         }
         cluster
     }
@@ -174,21 +151,13 @@ impl TestCluster {
         let pwfile = self.root.join("pwfile");
         fs::write(&pwfile, "password\n").expect("write password file");
         if let Some(user) = pg_run_user() {
-            run_ok(
-                Command::new("chown").arg(user).arg(&pwfile),
-                "chown password file",
-            );
+            run_ok(Command::new("chown").arg(user).arg(&pwfile), "chown password file");
         }
         run_ok(
             pg_command("initdb")
                 .arg("-D")
                 .arg(&self.data)
-                .args([
-                    "-U",
-                    "postgres",
-                    "--auth-local=trust",
-                    "--auth-host=scram-sha-256",
-                ])
+                .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256"])
                 .arg(format!("--pwfile={}", pwfile.display()))
                 .args(["--encoding=UTF8", "--locale=C", "--no-sync"]),
             "initdb",
@@ -197,11 +166,7 @@ impl TestCluster {
 
         let data_dir = self.data.to_str().expect("test directory path is UTF-8");
         let mut conf = String::from("\n");
-        conf.push_str(
-            &CLUSTER_CONF_TEMPLATE
-                .replace("@PORT@", &self.port.to_string())
-                .replace("@DATA_DIR@", data_dir),
-        );
+        conf.push_str(&CLUSTER_CONF_TEMPLATE.replace("@PORT@", &self.port.to_string()).replace("@DATA_DIR@", data_dir));
         conf.push_str(HARNESS_CONF);
         if !opts.preload {
             conf.push_str("shared_preload_libraries = ''\n");
@@ -219,9 +184,7 @@ impl TestCluster {
 
     /// `pg_ctl start -w`; on failure the pg_ctl output and the new part of the log.
     fn try_start_server(&self) -> Result<(), String> {
-        let log_len_before = fs::metadata(self.log_path())
-            .map(|m| m.len() as usize)
-            .unwrap_or(0);
+        let log_len_before = fs::metadata(self.log_path()).map(|m| m.len() as usize).unwrap_or(0);
         let out = pg_command("pg_ctl")
             .arg("-D")
             .arg(&self.data)
@@ -249,24 +212,14 @@ impl TestCluster {
     /// Starts the server again after [`stop`](Self::stop), on the same port.
     pub fn start_server(&self) {
         if let Err(e) = self.try_start_server() {
-            panic!(
-                "could not restart the test cluster in {}:\n{e}",
-                self.root.display()
-            );
+            panic!("could not restart the test cluster in {}:\n{e}", self.root.display());
         }
     }
 
     /// Stops the server (`pg_ctl stop -m <mode> -w`).
     pub fn stop(&self, mode: StopMode) {
         run_ok(
-            pg_command("pg_ctl").arg("-D").arg(&self.data).args([
-                "-m",
-                mode.as_str(),
-                "-w",
-                "-t",
-                "60",
-                "stop",
-            ]),
+            pg_command("pg_ctl").arg("-D").arg(&self.data).args(["-m", mode.as_str(), "-w", "-t", "60", "stop"]),
             "pg_ctl stop",
         );
     }
@@ -291,21 +244,12 @@ impl TestCluster {
 
     /// The postmaster's pid while the server runs.
     pub fn postmaster_pid(&self) -> Option<u32> {
-        fs::read_to_string(self.data.join("postmaster.pid"))
-            .ok()?
-            .lines()
-            .next()?
-            .trim()
-            .parse()
-            .ok()
+        fs::read_to_string(self.data.join("postmaster.pid")).ok()?.lines().next()?.trim().parse().ok()
     }
 
     /// `postgres://postgres:password@127.0.0.1:<port>/postgres` (TCP, password auth).
     pub fn conn_string(&self) -> String {
-        format!(
-            "postgres://postgres:password@127.0.0.1:{}/postgres",
-            self.port
-        )
+        format!("postgres://postgres:password@127.0.0.1:{}/postgres", self.port)
     }
 
     /// A new connection as the superuser `postgres` over TCP.
@@ -318,21 +262,14 @@ impl TestCluster {
             .dbname("postgres")
             .connect_timeout(Duration::from_secs(10))
             .connect(postgres::NoTls)
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot connect to {}: {e}\n{}",
-                    self.conn_string(),
-                    self.log_tail(20)
-                )
-            })
+            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}\n{}", self.conn_string(), self.log_tail(20)))
     }
 
     /// Runs `sql` with psql over the Unix socket (`-X -A -t -q`, stop on the
     /// first error) and returns its output without the final newline. Panics
     /// when psql fails.
     pub fn psql(&self, sql: &str) -> String {
-        self.try_psql(sql)
-            .unwrap_or_else(|e| panic!("psql failed for {sql:?}:\n{e}"))
+        self.try_psql(sql).unwrap_or_else(|e| panic!("psql failed for {sql:?}:\n{e}"))
     }
 
     /// Like [`psql`](Self::psql), but returns psql's stderr on failure.
@@ -342,16 +279,7 @@ impl TestCluster {
         let out = Command::new(crate::env::pg_bindir().join("psql"))
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.data)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ])
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres", "-c", sql])
             .output()
             .map_err(|e| format!("cannot run psql: {e}"))?;
         if out.status.success() {
@@ -367,17 +295,11 @@ impl TestCluster {
 
     /// Everything the server has logged so far (across restarts).
     pub fn server_log(&self) -> String {
-        fs::read(self.log_path())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        fs::read(self.log_path()).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
     fn log_tail(&self, lines: usize) -> String {
-        format!(
-            "--- last {lines} lines of {} ---\n{}",
-            self.log_path().display(),
-            tail(&self.server_log(), lines)
-        )
+        format!("--- last {lines} lines of {} ---\n{}", self.log_path().display(), tail(&self.server_log(), lines))
     }
 
     fn log_path(&self) -> PathBuf {
@@ -442,14 +364,8 @@ fn stop_immediately(data: &Path) {
     if !pid_file.exists() {
         return;
     }
-    let _ = pg_command("pg_ctl")
-        .arg("-D")
-        .arg(data)
-        .args(["-m", "immediate", "-w", "-t", "30", "stop"])
-        .output();
-    let pid = fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|t| t.lines().next()?.trim().parse::<u32>().ok());
+    let _ = pg_command("pg_ctl").arg("-D").arg(data).args(["-m", "immediate", "-w", "-t", "30", "stop"]).output();
+    let pid = fs::read_to_string(&pid_file).ok().and_then(|t| t.lines().next()?.trim().parse::<u32>().ok());
     if let Some(pid) = pid {
         if send_signal(pid, libc::SIGKILL) {
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -486,8 +402,7 @@ fn reap_leftovers() {
             continue;
         };
         let dir = entry.path();
-        if pid as u32 == std::process::id() || process_alive(pid) || dir.join(KEPT_MARKER).exists()
-        {
+        if pid as u32 == std::process::id() || process_alive(pid) || dir.join(KEPT_MARKER).exists() {
             continue;
         }
         crate::sidecar::kill_leftover_sidecars(&dir);

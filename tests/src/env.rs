@@ -9,10 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent directory")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent directory").to_path_buf()
 }
 
 /// Cargo's target directory: `CARGO_TARGET_DIR` when set, else `<workspace>/target`.
@@ -31,8 +28,8 @@ pub fn pg_config() -> String {
         }
     }
     let toml_path = workspace_root().join("pgrx.toml");
-    let text = std::fs::read_to_string(&toml_path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", toml_path.display()));
+    let text =
+        std::fs::read_to_string(&toml_path).unwrap_or_else(|e| panic!("cannot read {}: {e}", toml_path.display()));
     pgrx_toml_value(&text, "pg_config")
         .unwrap_or_else(|| panic!("{} has no `pg_config = \"...\"` line", toml_path.display()))
 }
@@ -56,11 +53,7 @@ fn pg_config_dir(flag: &str) -> PathBuf {
         .arg(flag)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {pg_config} {flag}: {e} (run scripts/setup.sh)"));
-    assert!(
-        out.status.success(),
-        "{pg_config} {flag} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{pg_config} {flag} failed: {}", String::from_utf8_lossy(&out.stderr));
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
@@ -101,9 +94,7 @@ pub fn pg_command(program: &str) -> Command {
 
 /// Runs `cmd`, panicking with its output when it cannot start or fails.
 pub fn run_ok(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "{what} failed ({}): {cmd:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -139,10 +130,7 @@ pub fn new_test_dir() -> PathBuf {
     let base = test_tmp_base();
     let pid = std::process::id();
     for attempt in 0..100u32 {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let dir = base.join(format!("{TEST_DIR_PREFIX}{pid}.{nanos:x}{attempt}"));
         match std::fs::create_dir(&dir) {
             Ok(()) => return dir,
@@ -179,10 +167,7 @@ mod tests {
     #[test]
     fn pgrx_toml_value_reads_quoted_values_and_ignores_other_keys() {
         let text = "# c\n[pgrx]\nversion = \"0.18.0\"\npg_version = \"pg15\"\npg_config = \"/usr/bin/pg_config\" # x\n";
-        assert_eq!(
-            pgrx_toml_value(text, "pg_config").as_deref(),
-            Some("/usr/bin/pg_config")
-        );
+        assert_eq!(pgrx_toml_value(text, "pg_config").as_deref(), Some("/usr/bin/pg_config"));
         assert_eq!(pgrx_toml_value(text, "version").as_deref(), Some("0.18.0"));
         assert_eq!(pgrx_toml_value(text, "missing"), None);
     }

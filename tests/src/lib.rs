@@ -46,5 +46,5 @@ pub use sidecar::{http_client, Sidecar};
 // The client crates the harness is built on, so that tests use the same versions.
 pub use postgres;
 pub use reqwest;
-pub use shape_log;
 pub use serde_json;
+pub use shape_log;

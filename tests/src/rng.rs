@@ -13,7 +13,10 @@ impl Rng {
     /// A seed from `MODEL_SEED` if set, else from the clock.
     pub fn seed_from_env() -> u64 {
         std::env::var("MODEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(42)
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(42)
         })
     }
 

@@ -78,13 +78,12 @@ pub fn storage_dir(cluster: &TestCluster) -> PathBuf {
 
 /// Waits until the decoder has processed everything flushed so far.
 pub fn wait_caught_up(client: &mut Client, timeout: Duration) {
-    let target: i64 = client
-        .query_one("SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint", &[])
-        .unwrap()
-        .get(0);
+    let target: i64 =
+        client.query_one("SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint", &[]).unwrap().get(0);
     let deadline = Instant::now() + timeout;
     loop {
-        let through: Option<String> = client.query_one("SELECT shapes.status() ->> 'complete_through'", &[]).unwrap().get(0);
+        let through: Option<String> =
+            client.query_one("SELECT shapes.status() ->> 'complete_through'", &[]).unwrap().get(0);
         let through: i64 = through.and_then(|t| t.parse().ok()).unwrap_or(0);
         if through + 1 >= target {
             return;
@@ -135,13 +134,15 @@ pub struct Materialized {
 pub fn materialize(reader: &LogReader) -> Materialized {
     let (view, c) = reader.current().expect("log readable");
     let mut rows = Rows::new();
-    let mut out = Materialized { rows: Rows::new(), snapshot_rows: 0, transactions: 0, changes: 0, messages: Vec::new() };
+    let mut out =
+        Materialized { rows: Rows::new(), snapshot_rows: 0, transactions: 0, changes: 0, messages: Vec::new() };
     let mut prev: Option<(u64, u64)> = None;
     let mut seen_snapshot_end = false;
     let mut open_tx: Option<u64> = None;
     for i in 0..c.records {
         let r = view.record(i);
-        let msg: Value = serde_json::from_slice(view.message(&r)).unwrap_or_else(|e| panic!("record {i} is not JSON: {e}"));
+        let msg: Value =
+            serde_json::from_slice(view.message(&r)).unwrap_or_else(|e| panic!("record {i} is not JSON: {e}"));
         if r.has(FLAG_SNAPSHOT) {
             assert!(!seen_snapshot_end, "snapshot record {i} after snapshot-end");
             assert_eq!(r.tx, 0, "snapshot record {i} with tx {}", r.tx);
@@ -187,11 +188,16 @@ fn apply(rows: &mut Rows, msg: &Value, i: u64) {
     let value = msg["value"].as_object().cloned().unwrap_or_default();
     match msg["headers"]["operation"].as_str() {
         Some("insert") => {
-            assert!(!rows.contains_key(&key), "record {i}: insert of {key}, which is already present (a change applied twice?)");
+            assert!(
+                !rows.contains_key(&key),
+                "record {i}: insert of {key}, which is already present (a change applied twice?)"
+            );
             rows.insert(key, value);
         }
         Some("update") => {
-            let row = rows.get_mut(&key).unwrap_or_else(|| panic!("record {i}: update of {key}, which is not present (a change lost?)"));
+            let row = rows
+                .get_mut(&key)
+                .unwrap_or_else(|| panic!("record {i}: update of {key}, which is not present (a change lost?)"));
             for (k, v) in value {
                 row.insert(k, v);
             }
@@ -209,9 +215,18 @@ pub const DISPLAY_SETTINGS: &str = "SET bytea_output = 'hex'; SET DateStyle = 'I
 
 /// The rows the query `SELECT columns FROM table WHERE where` returns now, in
 /// the wire's shape: keyed like the wire keys, values as the types print them.
-pub fn expected_rows(client: &mut Client, schema: &str, table: &str, columns: &[&str], key: &[&str], where_clause: Option<&str>, params: &[String]) -> Rows {
+pub fn expected_rows(
+    client: &mut Client,
+    schema: &str,
+    table: &str,
+    columns: &[&str],
+    key: &[&str],
+    where_clause: Option<&str>,
+    params: &[String],
+) -> Rows {
     client.batch_execute(DISPLAY_SETTINGS).unwrap();
-    let select: Vec<String> = columns.iter().map(|c| format!("CASE WHEN \"{c}\" IS NULL THEN NULL ELSE format('%s', \"{c}\") END")).collect();
+    let select: Vec<String> =
+        columns.iter().map(|c| format!("CASE WHEN \"{c}\" IS NULL THEN NULL ELSE format('%s', \"{c}\") END")).collect();
     let mut sql = format!("SELECT {} FROM \"{schema}\".\"{table}\"", select.join(", "));
     if let Some(w) = where_clause {
         sql.push_str(" WHERE ");
@@ -249,7 +264,11 @@ pub fn assert_same_rows(what: &str, got: &Rows, want: &Rows) {
     for (k, v) in want {
         match got.get(k) {
             None => diffs.push(format!("missing {k}: {}", Value::Object(v.clone()))),
-            Some(g) if g != v => diffs.push(format!("differs {k}: log {} vs query {}", Value::Object(g.clone()), Value::Object(v.clone()))),
+            Some(g) if g != v => diffs.push(format!(
+                "differs {k}: log {} vs query {}",
+                Value::Object(g.clone()),
+                Value::Object(v.clone())
+            )),
             _ => {}
         }
     }

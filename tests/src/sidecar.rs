@@ -15,10 +15,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// A blocking HTTP client for talking to sidecars: no TLS, a 60 s timeout
 /// (long enough for a long-poll, which the protocol ends after about 20 s).
 pub fn http_client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("build the HTTP client")
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().expect("build the HTTP client")
 }
 
 /// A running `pg_shapes_sidecar` process. Dropping it stops it (SIGTERM,
@@ -57,10 +54,10 @@ impl Sidecar {
             bin.display()
         );
         warn_if_stale(&bin);
-        let fixed_port = extra_env.iter().find(|(k, _)| *k == "PORT").map(|(_, v)| {
-            v.parse::<u16>()
-                .unwrap_or_else(|_| panic!("PORT in extra_env is not a port number: {v:?}"))
-        });
+        let fixed_port = extra_env
+            .iter()
+            .find(|(k, _)| *k == "PORT")
+            .map(|(_, v)| v.parse::<u16>().unwrap_or_else(|_| panic!("PORT in extra_env is not a port number: {v:?}")));
         let log_path = cluster.new_file_path("sidecar", "log");
         let pid_path = log_path.with_extension("pid");
 
@@ -125,9 +122,7 @@ impl Sidecar {
         let url = self.url("/v1/health");
         loop {
             if let Some(status) = self.try_exit_status() {
-                return Err(format!(
-                    "it exited with {status} before answering 200 on {url}"
-                ));
+                return Err(format!("it exited with {status} before answering 200 on {url}"));
             }
             let last = match probe.get(&url).send() {
                 Ok(resp) if resp.status() == reqwest::StatusCode::OK => return Ok(()),
@@ -135,9 +130,7 @@ impl Sidecar {
                 Err(e) => format!("{url}: {e}"),
             };
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "no 200 from {url} within {timeout:?}; last: {last}"
-                ));
+                return Err(format!("no 200 from {url} within {timeout:?}; last: {last}"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -157,10 +150,7 @@ impl Sidecar {
     /// no response arrives (any status is returned).
     pub fn get(&self, path_and_query: &str) -> reqwest::blocking::Response {
         let url = self.url(path_and_query);
-        self.http
-            .get(&url)
-            .send()
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        self.http.get(&url).send().unwrap_or_else(|e| panic!("GET {url}: {e}"))
     }
 
     /// The client `get` uses (60 s timeout), for other methods and headers.
@@ -178,9 +168,7 @@ impl Sidecar {
 
     /// Everything the sidecar wrote to stdout and stderr so far.
     pub fn log(&self) -> String {
-        fs::read(&self.log_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        fs::read(&self.log_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
     pub fn log_path(&self) -> &Path {
@@ -213,10 +201,7 @@ impl Sidecar {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        eprintln!(
-            "pg_shapes_sidecar (pid {}) ignored SIGTERM for {STOP_GRACE:?}; killing it",
-            self.pid()
-        );
+        eprintln!("pg_shapes_sidecar (pid {}) ignored SIGTERM for {STOP_GRACE:?}; killing it", self.pid());
         self.kill()
     }
 
@@ -261,19 +246,12 @@ pub(crate) fn kill_leftover_sidecars(dir: &Path) {
             continue;
         };
         let mut lines = text.lines();
-        let (Some(pid), Some(bin)) = (
-            lines.next().and_then(|p| p.trim().parse::<u32>().ok()),
-            lines.next(),
-        ) else {
+        let (Some(pid), Some(bin)) = (lines.next().and_then(|p| p.trim().parse::<u32>().ok()), lines.next()) else {
             continue;
         };
         // argv[0] is the binary; argv[1] when it is a script run by an interpreter.
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if cmdline
-            .split(|b| *b == 0)
-            .take(2)
-            .any(|arg| arg == bin.as_bytes())
-        {
+        if cmdline.split(|b| *b == 0).take(2).any(|arg| arg == bin.as_bytes()) {
             send_signal(pid, libc::SIGKILL);
         }
     }
@@ -288,10 +266,7 @@ fn warn_if_stale(bin: &Path) {
             return;
         };
         let root = workspace_root();
-        let newest = ["sidecar", "shape_log"]
-            .iter()
-            .filter_map(|d| newest_mtime(&root.join(d)))
-            .max();
+        let newest = ["sidecar", "shape_log"].iter().filter_map(|d| newest_mtime(&root.join(d))).max();
         if newest.is_some_and(|newest| newest > built) {
             eprintln!(
                 "warning: {} is older than the sources in sidecar/ or shape_log/; \
@@ -307,15 +282,8 @@ fn newest_mtime(path: &Path) -> Option<SystemTime> {
     if !meta.is_dir() {
         return meta.modified().ok();
     }
-    if path
-        .file_name()
-        .is_some_and(|n| n == "target" || n == ".git")
-    {
+    if path.file_name().is_some_and(|n| n == "target" || n == ".git") {
         return None;
     }
-    fs::read_dir(path)
-        .ok()?
-        .flatten()
-        .filter_map(|e| newest_mtime(&e.path()))
-        .max()
+    fs::read_dir(path).ok()?.flatten().filter_map(|e| newest_mtime(&e.path())).max()
 }

@@ -57,7 +57,8 @@ fn rows_moving_in_and_out_of_a_shape_become_inserts_and_deletes() {
     cluster.psql("UPDATE items SET owner = 3 WHERE id = 1"); // moves out
     cluster.psql("UPDATE items SET n = 5 WHERE id = 1"); // outside: nothing
     let m = live_messages(&cluster, &mut c, &h);
-    let ops: Vec<(&str, &Value)> = m.iter().map(|m| (m["headers"]["operation"].as_str().unwrap(), &m["value"])).collect();
+    let ops: Vec<(&str, &Value)> =
+        m.iter().map(|m| (m["headers"]["operation"].as_str().unwrap(), &m["value"])).collect();
     assert_eq!(
         ops,
         vec![
@@ -106,7 +107,9 @@ fn a_key_change_is_a_delete_of_the_old_key_and_an_insert_of_the_new_one() {
 fn unchanged_toasted_values_stay_correct_through_updates() {
     let (cluster, mut c) = setup();
     // Incompressible and far above the TOAST threshold, so it is stored out of line.
-    cluster.psql("UPDATE items SET big = (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 2000) g) WHERE id = 1");
+    cluster.psql(
+        "UPDATE items SET big = (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 2000) g) WHERE id = 1",
+    );
     let big: String = cluster.psql("SELECT big FROM items WHERE id = 1");
     let plain = live(&cluster, &mut c, ShapeDef::new("items", Some("big LIKE '%' || 'c4ca' || '%'")));
     let full = live(&cluster, &mut c, ShapeDef::new("items", None).full());
@@ -122,7 +125,9 @@ fn unchanged_toasted_values_stay_correct_through_updates() {
 #[test]
 fn equality_shapes_are_found_through_the_index_not_by_evaluating_each() {
     let (cluster, mut c) = setup();
-    let handles: Vec<String> = (0..300).map(|k| create_shape(&mut c, &ShapeDef::new("items", Some(&format!("owner = {k} AND n > 0")))).unwrap()).collect();
+    let handles: Vec<String> = (0..300)
+        .map(|k| create_shape(&mut c, &ShapeDef::new("items", Some(&format!("owner = {k} AND n > 0")))).unwrap())
+        .collect();
     let in_list = create_shape(&mut c, &ShapeDef::new("items", Some("owner IN (7, 8)"))).unwrap();
     for h in &handles {
         wait_live(&storage_dir(&cluster), h, WAIT);

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use pg_shapes_tests::postgres::{Client, NoTls};
 use pg_shapes_tests::rng::Rng;
-use pg_shapes_tests::shapes::{assert_same_rows, create_shape, expected_rows, materialize, storage_dir, wait_caught_up, wait_live, ShapeDef};
+use pg_shapes_tests::shapes::{
+    assert_same_rows, create_shape, expected_rows, materialize, storage_dir, wait_caught_up, wait_live, ShapeDef,
+};
 use pg_shapes_tests::{StopMode, TestCluster};
 
 const COLUMNS: &[&str] = &["id", "owner", "title", "status", "priority", "done", "note", "tags"];
@@ -222,7 +224,8 @@ fn run_model(crash: bool) {
             Some(c) => c.split(',').collect(),
             None => COLUMNS.to_vec(),
         };
-        let want = expected_rows(&mut client, "public", "todo", &columns, &["id"], def.where_clause.as_deref(), &def.params);
+        let want =
+            expected_rows(&mut client, "public", "todo", &columns, &["id"], def.where_clause.as_deref(), &def.params);
         assert_same_rows(&format!("shape {:?} ({handle})", def.where_clause), &log.rows, &want);
     }
     assert!(total_changes > 100, "the shapes saw live changes ({total_changes}), not just snapshots");

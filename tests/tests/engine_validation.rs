@@ -25,7 +25,11 @@ fn assert_rejected(client: &mut Client, def: ShapeDef, param: &str, sqlstate: &s
     let r = reject(client, &def);
     assert_eq!(r.param, param, "{def:?}: {}", r.message);
     assert_eq!(r.sqlstate, sqlstate, "{def:?}: {}", r.message);
-    assert!(r.message.contains(message_contains), "{def:?}: message {:?} should contain {message_contains:?}", r.message);
+    assert!(
+        r.message.contains(message_contains),
+        "{def:?}: message {:?} should contain {message_contains:?}",
+        r.message
+    );
 }
 
 fn cluster_with_tables() -> (TestCluster, Client) {
@@ -92,7 +96,13 @@ fn where_clauses_are_parsed_and_type_checked_by_postgres() {
     assert_rejected(&mut c, w("EXISTS (SELECT 1 FROM items)"), "where", "22023", "sub-query");
     assert_rejected(&mut c, w("ctid = '(0,1)'"), "where", "22023", "system column ctid");
     assert_rejected(&mut c, w("count(*) > 1"), "where", "42803", "aggregate functions are not allowed in WHERE");
-    assert_rejected(&mut c, w("generate_series(1, 2) > 1"), "where", "0A000", "set-returning functions are not allowed in WHERE");
+    assert_rejected(
+        &mut c,
+        w("generate_series(1, 2) > 1"),
+        "where",
+        "0A000",
+        "set-returning functions are not allowed in WHERE",
+    );
 
     // What Postgres accepts, pg_shapes accepts: immutable user functions, casts, LIKE, IN,
     // IS DISTINCT FROM, arrays, regular expressions, CASE.
@@ -128,7 +138,9 @@ fn no_input_can_run_sql_beyond_the_shapes_own_query() {
         assert_eq!(r.param, "where", "{attack}: {}", r.message);
     }
     // Parameters are bound as typed values, never spliced into SQL text.
-    let handle = create_shape(&mut c, &ShapeDef::new("items", Some("title = $1")).params(&["x'); DROP TABLE items; --"])).unwrap();
+    let handle =
+        create_shape(&mut c, &ShapeDef::new("items", Some("title = $1")).params(&["x'); DROP TABLE items; --"]))
+            .unwrap();
     assert!(!handle.is_empty());
     let r = reject(&mut c, &ShapeDef::new("items", Some("id = $1")).params(&["1; DROP TABLE items"]));
     assert_eq!((r.param.as_str(), r.sqlstate.as_str()), ("params", "22P02"), "{}", r.message);
@@ -137,17 +149,51 @@ fn no_input_can_run_sql_beyond_the_shapes_own_query() {
     assert_eq!(r.param, "table", "{}", r.message);
     let r = reject(&mut c, &ShapeDef::new("items", None).columns("id, (SELECT 1)"));
     assert_eq!(r.param, "columns", "{}", r.message);
-    assert_eq!(cluster.psql("SELECT count(*) FROM pg_class WHERE relname = 'items' AND relkind = 'r'"), "1", "items survived");
+    assert_eq!(
+        cluster.psql("SELECT count(*) FROM pg_class WHERE relname = 'items' AND relkind = 'r'"),
+        "1",
+        "items survived"
+    );
 }
 
 #[test]
 fn params_must_match_the_placeholders_in_number_and_type() {
     let (_cluster, mut c) = cluster_with_tables();
-    assert_rejected(&mut c, ShapeDef::new("items", Some("id = $1")), "params", "22023", "uses $1 but 0 parameter values were given");
-    assert_rejected(&mut c, ShapeDef::new("items", Some("id = $1")).params(&["1", "2"]), "params", "22023", "2 parameter values were given but the expression uses only 1");
-    assert_rejected(&mut c, ShapeDef::new("items", Some("id = $2")).params(&["1", "2"]), "params", "22023", "uses $2 but not $1");
-    assert_rejected(&mut c, ShapeDef::new("items", Some("id = $1")).params(&["one"]), "params", "22P02", "parameter $1: invalid input syntax for type integer");
-    assert_rejected(&mut c, ShapeDef::new("items", Some("$1 IS NULL")).params(&["x"]), "params", "22023", "could not determine the type of $1");
+    assert_rejected(
+        &mut c,
+        ShapeDef::new("items", Some("id = $1")),
+        "params",
+        "22023",
+        "uses $1 but 0 parameter values were given",
+    );
+    assert_rejected(
+        &mut c,
+        ShapeDef::new("items", Some("id = $1")).params(&["1", "2"]),
+        "params",
+        "22023",
+        "2 parameter values were given but the expression uses only 1",
+    );
+    assert_rejected(
+        &mut c,
+        ShapeDef::new("items", Some("id = $2")).params(&["1", "2"]),
+        "params",
+        "22023",
+        "uses $2 but not $1",
+    );
+    assert_rejected(
+        &mut c,
+        ShapeDef::new("items", Some("id = $1")).params(&["one"]),
+        "params",
+        "22P02",
+        "parameter $1: invalid input syntax for type integer",
+    );
+    assert_rejected(
+        &mut c,
+        ShapeDef::new("items", Some("$1 IS NULL")).params(&["x"]),
+        "params",
+        "22023",
+        "could not determine the type of $1",
+    );
     assert_rejected(&mut c, ShapeDef::new("items", None).params(&["1"]), "params", "22023", "no where clause");
     // Typed binding: the same value text gives the same shape; another value, another one.
     let a = create_shape(&mut c, &ShapeDef::new("items", Some("id > $1")).params(&["5"])).unwrap();
@@ -162,9 +208,27 @@ fn columns_must_exist_and_include_the_key() {
     let (_cluster, mut c) = cluster_with_tables();
     assert!(create_shape(&mut c, &ShapeDef::new("items", None).columns("id,title")).is_ok());
     assert!(create_shape(&mut c, &ShapeDef::new("\"Mixed Case\"", None).columns("\"Id\",\"Title\"")).is_ok());
-    assert_rejected(&mut c, ShapeDef::new("items", None).columns("title"), "columns", "22023", "must include all primary key columns, missing: id");
-    assert_rejected(&mut c, ShapeDef::new("items", None).columns("id,nosuch"), "columns", "42703", "could not be found in table \"items\": nosuch");
-    assert_rejected(&mut c, ShapeDef::new("\"Mixed Case\"", None).columns("Id"), "columns", "42703", "could not be found");
+    assert_rejected(
+        &mut c,
+        ShapeDef::new("items", None).columns("title"),
+        "columns",
+        "22023",
+        "must include all primary key columns, missing: id",
+    );
+    assert_rejected(
+        &mut c,
+        ShapeDef::new("items", None).columns("id,nosuch"),
+        "columns",
+        "42703",
+        "could not be found in table \"items\": nosuch",
+    );
+    assert_rejected(
+        &mut c,
+        ShapeDef::new("\"Mixed Case\"", None).columns("Id"),
+        "columns",
+        "42703",
+        "could not be found",
+    );
     assert_rejected(&mut c, ShapeDef::new("items", None).columns("id,,title"), "columns", "22023", "");
     // Without a primary key every column identifies a row, so all must be selected.
     assert!(create_shape(&mut c, &ShapeDef::new("nokey", None)).is_ok());
@@ -188,7 +252,11 @@ fn replica_and_log_modes_are_checked_and_part_of_the_identity() {
     let changes_only = create_shape(&mut c, &changes_only).unwrap();
     assert_ne!(plain, full);
     assert_ne!(plain, changes_only);
-    assert_eq!(plain, create_shape(&mut c, &ShapeDef::new("public.items", None)).unwrap(), "the same table named two ways is one shape");
+    assert_eq!(
+        plain,
+        create_shape(&mut c, &ShapeDef::new("public.items", None)).unwrap(),
+        "the same table named two ways is one shape"
+    );
 }
 
 #[test]

@@ -14,16 +14,9 @@ fn cluster_starts_with_logical_decoding_and_extension_installed() {
     let wal_level: String = client.query_one("SHOW wal_level", &[]).unwrap().get(0);
     assert_eq!(wal_level, "logical");
 
-    let extensions: Vec<String> = client
-        .query("SELECT extname::text FROM pg_extension", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert!(
-        extensions.iter().any(|e| e == "pg_shapes"),
-        "pg_shapes not in pg_extension: {extensions:?}"
-    );
+    let extensions: Vec<String> =
+        client.query("SELECT extname::text FROM pg_extension", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert!(extensions.iter().any(|e| e == "pg_shapes"), "pg_shapes not in pg_extension: {extensions:?}");
 
     // The Unix-socket path works too, and the server only listens on loopback.
     assert_eq!(cluster.psql("SHOW listen_addresses"), "localhost");
@@ -52,15 +45,10 @@ fn cluster_restart_keeps_committed_rows_in_both_modes() {
     cluster.restart(StopMode::Fast);
 
     let mut client = cluster.client();
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM t", &[])
-        .unwrap()
-        .get(0);
+    let n: i64 = client.query_one("SELECT count(*) FROM t", &[]).unwrap().get(0);
     assert_eq!(n, 2);
     assert!(
-        cluster
-            .server_log()
-            .contains("database system was interrupted"),
+        cluster.server_log().contains("database system was interrupted"),
         "no crash recovery after the immediate stop"
     );
 }

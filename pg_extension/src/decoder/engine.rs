@@ -91,7 +91,8 @@ impl Engine {
     /// `confirmed` is the slot's confirmed position: shapes whose logs are not
     /// live yet hold the slot there until they are.
     pub fn load(storage: PathBuf, bell: Doorbell, confirmed: u64) -> Engine {
-        let catalog_relid = catalog::catalog_relid().unwrap_or_else(|| error!("pg_shapes: the catalog table shapes.shape is missing"));
+        let catalog_relid =
+            catalog::catalog_relid().unwrap_or_else(|| error!("pg_shapes: the catalog table shapes.shape is missing"));
         let mut e = Engine {
             storage,
             catalog_relid,
@@ -136,7 +137,14 @@ impl Engine {
         e
     }
 
-    fn load_ready_shape(&mut self, id: i64, handle: String, spec: Spec, snapshot: Option<SnapshotInfo>, confirmed: u64) {
+    fn load_ready_shape(
+        &mut self,
+        id: i64,
+        handle: String,
+        spec: Spec,
+        snapshot: Option<SnapshotInfo>,
+        confirmed: u64,
+    ) {
         let dir = self.storage.join(&handle);
         let (w, recovery) = match LogWriter::open(&dir) {
             Ok(x) => x,
@@ -150,7 +158,10 @@ impl Engine {
         }
         let state = w.state();
         if state.is_gone() || recovery.snapshot_damaged {
-            self.deferred_invalidations.push((id, format!("its log is {}", if recovery.snapshot_damaged { "damaged" } else { state.as_str() })));
+            self.deferred_invalidations.push((
+                id,
+                format!("its log is {}", if recovery.snapshot_damaged { "damaged" } else { state.as_str() }),
+            ));
             return;
         }
         let live_from = w.live_from_lsn();
@@ -206,7 +217,11 @@ impl Engine {
             Err(e) => {
                 warning!("pg_shapes: shape {handle}: its WHERE could not be compiled: {e}");
                 let mut s = Shape::new(id, handle, spec, 0, None, None, sink);
-                s.mark_gone(&self.storage, LogState::Invalidated, &format!("internal: WHERE could not be compiled: {e}"));
+                s.mark_gone(
+                    &self.storage,
+                    LogState::Invalidated,
+                    &format!("internal: WHERE could not be compiled: {e}"),
+                );
                 self.deferred_invalidations.push((id, format!("WHERE could not be compiled: {e}")));
                 None
             }
@@ -232,6 +247,20 @@ impl Engine {
         let Ok(entries) = std::fs::read_dir(&self.storage) else { return };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            // A staging directory left by a snapshotter that died while creating a log;
+            // fresh ones may belong to a snapshotter at work right now.
+            if name.starts_with(shape_log::writer::STAGING_PREFIX) {
+                let stale = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(600));
+                if stale {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+                continue;
+            }
             let is_log = entry.path().join(shape_log::writer::INDEX_FILE).exists();
             if is_log && !known.contains(&name) {
                 log!("pg_shapes: removing orphaned shape log {name}");
@@ -270,7 +299,9 @@ impl Engine {
             let types = crate::pg::decoding::attributes(rel.tupdesc());
             let cxt = MemoryContext::long_lived(c"pg_shapes catalog");
             let outs = types.iter().map(|&(t, _, dropped)| (!dropped).then(|| OutputFn::new(t, cxt.raw()))).collect();
-            let pos = |n: &str| names.iter().position(|x| x == n).unwrap_or_else(|| error!("pg_shapes: catalog column {n} is missing"));
+            let pos = |n: &str| {
+                names.iter().position(|x| x == n).unwrap_or_else(|| error!("pg_shapes: catalog column {n} is missing"))
+            };
             self.catalog = Some(CatalogLayout {
                 id: pos("id"),
                 handle: pos("handle"),
@@ -302,7 +333,9 @@ impl Engine {
             }
             Some(CatalogEvent::Ready { id, snapshot }) => self.shape_ready(id, snapshot, txn.commit_lsn),
             Some(CatalogEvent::Invalid { id, reason }) => self.retire(id, LogState::Invalidated, &reason, false, false),
-            Some(CatalogEvent::Deleted { id }) => self.retire(id, LogState::Deleted, "the shape was deleted", true, false),
+            Some(CatalogEvent::Deleted { id }) => {
+                self.retire(id, LogState::Deleted, "the shape was deleted", true, false)
+            }
             None => {}
         }
     }
@@ -329,7 +362,13 @@ impl Engine {
         };
         match result {
             Ok(()) => self.published = true,
-            Err(e) => self.retire(id, LogState::Invalidated, &format!("internal: could not take the log over: {e}"), false, true),
+            Err(e) => self.retire(
+                id,
+                LogState::Invalidated,
+                &format!("internal: could not take the log over: {e}"),
+                false,
+                true,
+            ),
         }
     }
 
@@ -476,7 +515,13 @@ enum CatalogEvent {
     Deleted { id: i64 },
 }
 
-fn parse_catalog_change(layout: &CatalogLayout, rel: Rel, kind: ChangeKind, old: Option<Tuple>, new: Option<Tuple>) -> Option<CatalogEvent> {
+fn parse_catalog_change(
+    layout: &CatalogLayout,
+    rel: Rel,
+    kind: ChangeKind,
+    old: Option<Tuple>,
+    new: Option<Tuple>,
+) -> Option<CatalogEvent> {
     let mut row = RowImage::default();
     row.load(if kind == ChangeKind::Delete { old } else { new }, rel.tupdesc());
     if !row.present {
@@ -504,8 +549,14 @@ fn parse_catalog_change(layout: &CatalogLayout, rel: Rel, kind: ChangeKind, old:
         // UPDATEs leave `spec` untouched, and its unchanged TOAST pointer is not
         // readable here, so only the small columns are read.
         ChangeKind::Update => match text(layout.state)?.as_str() {
-            "ready" => Some(CatalogEvent::Ready { id, snapshot: text(layout.snapshot).and_then(|s| serde_json::from_str(&s).ok()) }),
-            "invalid" => Some(CatalogEvent::Invalid { id, reason: text(layout.invalid_reason).unwrap_or_else(|| "the shape was invalidated".into()) }),
+            "ready" => Some(CatalogEvent::Ready {
+                id,
+                snapshot: text(layout.snapshot).and_then(|s| serde_json::from_str(&s).ok()),
+            }),
+            "invalid" => Some(CatalogEvent::Invalid {
+                id,
+                reason: text(layout.invalid_reason).unwrap_or_else(|| "the shape was invalidated".into()),
+            }),
             _ => None,
         },
         ChangeKind::Delete => Some(CatalogEvent::Deleted { id }),
@@ -544,7 +595,22 @@ type Failure = (i64, LogState, String);
 
 /// Routes one change of a shaped table; returns the shapes that must stop.
 fn route_change(c: RouteCtx<'_>) -> Vec<Failure> {
-    let RouteCtx { table, shapes, projections, new_row, old_row, cand_new, cand_old, touched, txn, kind, old, new, tupdesc, base_op } = c;
+    let RouteCtx {
+        table,
+        shapes,
+        projections,
+        new_row,
+        old_row,
+        cand_new,
+        cand_old,
+        touched,
+        txn,
+        kind,
+        old,
+        new,
+        tupdesc,
+        base_op,
+    } = c;
     let mut failures = Vec::new();
     new_row.load(new, tupdesc);
     old_row.load(old, tupdesc);
@@ -585,7 +651,11 @@ fn route_change(c: RouteCtx<'_>) -> Vec<Failure> {
                 Ok(m) => {
                     out.insert(*id, m);
                 }
-                Err(e) => failures.push((*id, LogState::Invalidated, format!("where: evaluating the WHERE of shape {} failed: {e}", s.handle))),
+                Err(e) => failures.push((
+                    *id,
+                    LogState::Invalidated,
+                    format!("where: evaluating the WHERE of shape {} failed: {e}", s.handle),
+                )),
             }
         }
         slot.reset();
@@ -751,7 +821,8 @@ fn build_message(
         }
         Variant::Update => {
             let (tn, to) = (texts(new_row, &p.attnums), texts(old_row, &p.attnums));
-            let changed: Vec<usize> = (0..n).filter(|&i| !new_row.unknown[p.attnums[i] as usize - 1] && tn[i] != to[i]).collect();
+            let changed: Vec<usize> =
+                (0..n).filter(|&i| !new_row.unknown[p.attnums[i] as usize - 1] && tn[i] != to[i]).collect();
             if changed.is_empty() {
                 return None;
             }
@@ -760,12 +831,22 @@ fn build_message(
                     return None;
                 }
                 let mut old_iter = changed.iter().map(|&i| (i, to[i]));
-                p.change_body(new_key.as_deref().unwrap_or_default(), (0..n).map(|i| (i, tn[i])), Some(&mut old_iter), &mut body);
+                p.change_body(
+                    new_key.as_deref().unwrap_or_default(),
+                    (0..n).map(|i| (i, tn[i])),
+                    Some(&mut old_iter),
+                    &mut body,
+                );
             } else {
                 let mut cols: Vec<usize> = p.key_pos.clone();
                 cols.extend(changed.iter().filter(|i| !p.key_pos.contains(i)));
                 cols.sort_unstable();
-                p.change_body(new_key.as_deref().unwrap_or_default(), cols.iter().map(|&i| (i, tn[i])), None, &mut body);
+                p.change_body(
+                    new_key.as_deref().unwrap_or_default(),
+                    cols.iter().map(|&i| (i, tn[i])),
+                    None,
+                    &mut body,
+                );
             }
         }
     }

@@ -44,14 +44,18 @@ pub extern "C-unwind" fn pg_shapes_decoder_main(_arg: pg_sys::Datum) {
 
     // Shapes that exist before the slot does may have missed changes if the slot has to
     // be created; shapes created afterwards cannot (get_or_create_shape waits for it).
-    let existing: Vec<i64> = worker_transaction(Isolation::ReadCommitted, || catalog::load_live_shapes().iter().map(|r| r.id).collect());
+    let existing: Vec<i64> =
+        worker_transaction(Isolation::ReadCommitted, || catalog::load_live_shapes().iter().map(|r| r.id).collect());
     let recreated = ensure_slot(&slot);
     if recreated {
         worker_transaction(Isolation::ReadCommitted, || {
             let ids = &existing;
             if !ids.is_empty() {
                 warning!("pg_shapes: replication slot {slot} was (re)created; invalidating {} shape(s) that may have missed changes", ids.len());
-                catalog::invalidate(ids, &format!("the replication slot {slot} was recreated, so changes may have been missed"));
+                catalog::invalidate(
+                    ids,
+                    &format!("the replication slot {slot} was recreated, so changes may have been missed"),
+                );
             }
         });
     }
@@ -59,7 +63,8 @@ pub extern "C-unwind" fn pg_shapes_decoder_main(_arg: pg_sys::Datum) {
     let bell = Doorbell::open_rw(&storage).unwrap_or_else(|e| error!("pg_shapes cannot open its doorbell: {e}"));
     bell.heartbeat(bgworker::pid() as u32);
     let mut decoder = Decoder::start(&slot);
-    let engine = worker_transaction(Isolation::ReadCommitted, || Engine::load(storage.clone(), bell, decoder.confirmed()));
+    let engine =
+        worker_transaction(Isolation::ReadCommitted, || Engine::load(storage.clone(), bell, decoder.confirmed()));
     let engine = Rc::new(RefCell::new(engine));
     set_sink(Box::new(Rc::clone(&engine)));
     log!("pg_shapes decoder started on slot {slot} at {}", fmt_lsn(decoder.position()));

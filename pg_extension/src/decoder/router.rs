@@ -86,7 +86,8 @@ impl Table {
             return;
         }
         self.cxt = MemoryContext::long_lived(c"pg_shapes table");
-        self.outs = layout.iter().map(|&(typ, _, dropped)| (!dropped).then(|| OutputFn::new(typ, self.cxt.raw()))).collect();
+        self.outs =
+            layout.iter().map(|&(typ, _, dropped)| (!dropped).then(|| OutputFn::new(typ, self.cxt.raw()))).collect();
         self.varlena = layout.iter().map(|&(_, len, _)| len == -1).collect();
         self.slot = Some(RowSlot::for_relation(rel));
         self.layout = layout;

@@ -64,7 +64,15 @@ pub fn pending_path(storage: &Path, id: i64) -> PathBuf {
 
 impl Shape {
     /// A shape with its filter compiled, before any routing.
-    pub fn new(id: i64, handle: String, spec: Spec, projection: usize, filter: Option<CompiledFilter>, eq_key: Option<EqualityKey>, sink: Sink) -> Shape {
+    pub fn new(
+        id: i64,
+        handle: String,
+        spec: Spec,
+        projection: usize,
+        filter: Option<CompiledFilter>,
+        eq_key: Option<EqualityKey>,
+        sink: Sink,
+    ) -> Shape {
         Shape {
             id,
             handle,
@@ -96,7 +104,15 @@ impl Shape {
     }
 
     /// Queues a message; the previously queued one is written as not-last.
-    pub fn emit(&mut self, xid: u32, tx: u64, op: u64, kind: RecordKind, head: &[u8], body: &[u8]) -> Result<(), LogError> {
+    pub fn emit(
+        &mut self,
+        xid: u32,
+        tx: u64,
+        op: u64,
+        kind: RecordKind,
+        head: &[u8],
+        body: &[u8],
+    ) -> Result<(), LogError> {
         self.touched = true;
         let next = Held { op, kind, head: head.to_vec(), body: body.to_vec() };
         match self.held.replace(next) {
@@ -171,10 +187,12 @@ impl Shape {
     pub fn mark_gone(&mut self, storage: &Path, state: LogState, reason: &str) {
         let r = match &mut self.sink {
             Sink::Log(w) => w.set_gone(state, reason),
-            Sink::Pending(_) | Sink::Closed => match shape_log::writer::mark_gone(&storage.join(&self.handle), state, reason) {
-                Err(e) if e.is_not_found() => Ok(()),
-                r => r,
-            },
+            Sink::Pending(_) | Sink::Closed => {
+                match shape_log::writer::mark_gone(&storage.join(&self.handle), state, reason) {
+                    Err(e) if e.is_not_found() => Ok(()),
+                    r => r,
+                }
+            }
         };
         if let Err(e) = r {
             pgrx::warning!("pg_shapes: could not mark shape {} {}: {e}", self.handle, state.as_str());

@@ -168,7 +168,11 @@ pub unsafe extern "C-unwind" fn _PG_output_plugin_init(cb: *mut pg_sys::OutputPl
 }
 
 #[pgrx::pg_guard]
-unsafe extern "C-unwind" fn plugin_startup(_ctx: *mut pg_sys::LogicalDecodingContext, opt: *mut pg_sys::OutputPluginOptions, _is_init: bool) {
+unsafe extern "C-unwind" fn plugin_startup(
+    _ctx: *mut pg_sys::LogicalDecodingContext,
+    opt: *mut pg_sys::OutputPluginOptions,
+    _is_init: bool,
+) {
     // SAFETY: `opt` is valid during startup. We produce no output stream at all: the
     // callbacks write shape logs directly.
     unsafe {
@@ -181,13 +185,20 @@ unsafe extern "C-unwind" fn plugin_startup(_ctx: *mut pg_sys::LogicalDecodingCon
 unsafe extern "C-unwind" fn plugin_shutdown(_ctx: *mut pg_sys::LogicalDecodingContext) {}
 
 #[pgrx::pg_guard]
-unsafe extern "C-unwind" fn plugin_begin(_ctx: *mut pg_sys::LogicalDecodingContext, txn: *mut pg_sys::ReorderBufferTXN) {
+unsafe extern "C-unwind" fn plugin_begin(
+    _ctx: *mut pg_sys::LogicalDecodingContext,
+    txn: *mut pg_sys::ReorderBufferTXN,
+) {
     let info = txn_info(txn);
     deliver(|s| s.begin(&info));
 }
 
 #[pgrx::pg_guard]
-unsafe extern "C-unwind" fn plugin_commit(_ctx: *mut pg_sys::LogicalDecodingContext, txn: *mut pg_sys::ReorderBufferTXN, _commit_lsn: pg_sys::XLogRecPtr) {
+unsafe extern "C-unwind" fn plugin_commit(
+    _ctx: *mut pg_sys::LogicalDecodingContext,
+    txn: *mut pg_sys::ReorderBufferTXN,
+    _commit_lsn: pg_sys::XLogRecPtr,
+) {
     let info = txn_info(txn);
     deliver(|s| s.commit(&info));
 }
@@ -251,10 +262,22 @@ unsafe extern "C-unwind" fn page_read(
 }
 
 #[pgrx::pg_guard]
-unsafe extern "C-unwind" fn prepare_write(_ctx: *mut pg_sys::LogicalDecodingContext, _lsn: pg_sys::XLogRecPtr, _xid: pg_sys::TransactionId, _last: bool) {}
+unsafe extern "C-unwind" fn prepare_write(
+    _ctx: *mut pg_sys::LogicalDecodingContext,
+    _lsn: pg_sys::XLogRecPtr,
+    _xid: pg_sys::TransactionId,
+    _last: bool,
+) {
+}
 
 #[pgrx::pg_guard]
-unsafe extern "C-unwind" fn do_write(_ctx: *mut pg_sys::LogicalDecodingContext, _lsn: pg_sys::XLogRecPtr, _xid: pg_sys::TransactionId, _last: bool) {}
+unsafe extern "C-unwind" fn do_write(
+    _ctx: *mut pg_sys::LogicalDecodingContext,
+    _lsn: pg_sys::XLogRecPtr,
+    _xid: pg_sys::TransactionId,
+    _last: bool,
+) {
+}
 
 /// The WAL flush position: decoding never reads past it.
 pub fn flush_lsn() -> u64 {
@@ -328,7 +351,11 @@ impl Decoder {
                     return Step::CaughtUp;
                 }
                 let msg = super::cstr_to_string(errm);
-                pgrx::error!("pg_shapes could not read WAL at {:X}/{:X}: {msg}", self.resume_at >> 32, self.resume_at as u32);
+                pgrx::error!(
+                    "pg_shapes could not read WAL at {:X}/{:X}: {msg}",
+                    self.resume_at >> 32,
+                    self.resume_at as u32
+                );
             }
             super::ffi::logical_decoding_process_record(self.ctx, reader);
             self.resume_at = (*reader).EndRecPtr;

@@ -49,7 +49,11 @@ unsafe extern "C-unwind" fn receive_slot(slot: *mut pg_sys::TupleTableSlot, dest
 }
 
 #[pgrx::pg_guard]
-unsafe extern "C-unwind" fn startup(dest: *mut pg_sys::DestReceiver, _operation: std::ffi::c_int, typeinfo: pg_sys::TupleDesc) {
+unsafe extern "C-unwind" fn startup(
+    dest: *mut pg_sys::DestReceiver,
+    _operation: std::ffi::c_int,
+    typeinfo: pg_sys::TupleDesc,
+) {
     // SAFETY: `dest` is our Receiver; `typeinfo` describes the result columns.
     unsafe {
         let r = &mut *(dest as *mut Receiver<'_>);

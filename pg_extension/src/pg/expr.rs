@@ -106,7 +106,10 @@ fn plain_column(node: *mut pg_sys::Node) -> Option<i16> {
 fn constant(node: *mut pg_sys::Node) -> Option<*mut pg_sys::Const> {
     let node = strip_relabel(node);
     // SAFETY: tag checked before the cast.
-    unsafe { (!node.is_null() && (*node).type_ == pg_sys::NodeTag::T_Const && !(*(node as *mut pg_sys::Const)).constisnull).then_some(node as *mut pg_sys::Const) }
+    unsafe {
+        (!node.is_null() && (*node).type_ == pg_sys::NodeTag::T_Const && !(*(node as *mut pg_sys::Const)).constisnull)
+            .then_some(node as *mut pg_sys::Const)
+    }
 }
 
 fn canonical_equality(funcid: pg_sys::Oid, collation: pg_sys::Oid) -> bool {
@@ -133,7 +136,9 @@ fn list_items(l: *mut pg_sys::List) -> Vec<*mut pg_sys::Node> {
 unsafe fn equality_key(expr: *mut pg_sys::Node, cxt: pg_sys::MemoryContext) -> Option<EqualityKey> {
     // SAFETY: tags are checked before each cast; lists come from the planner.
     unsafe {
-        let conjuncts = if (*expr).type_ == pg_sys::NodeTag::T_BoolExpr && (*(expr as *mut pg_sys::BoolExpr)).boolop == pg_sys::BoolExprType::AND_EXPR {
+        let conjuncts = if (*expr).type_ == pg_sys::NodeTag::T_BoolExpr
+            && (*(expr as *mut pg_sys::BoolExpr)).boolop == pg_sys::BoolExprType::AND_EXPR
+        {
             list_items((*(expr as *mut pg_sys::BoolExpr)).args)
         } else {
             vec![expr]
@@ -146,10 +151,11 @@ unsafe fn equality_key(expr: *mut pg_sys::Node, cxt: pg_sys::MemoryContext) -> O
                     if args.len() != 2 || !canonical_equality((*op).opfuncid, (*op).inputcollid) {
                         continue;
                     }
-                    let (col, k) = match (plain_column(args[0]), constant(args[1]), plain_column(args[1]), constant(args[0])) {
-                        (Some(col), Some(k), _, _) | (_, _, Some(col), Some(k)) => (col, k),
-                        _ => continue,
-                    };
+                    let (col, k) =
+                        match (plain_column(args[0]), constant(args[1]), plain_column(args[1]), constant(args[0])) {
+                            (Some(col), Some(k), _, _) | (_, _, Some(col), Some(k)) => (col, k),
+                            _ => continue,
+                        };
                     let out = OutputFn::new((*k).consttype, cxt);
                     return Some(EqualityKey { attnum: col, values: vec![out.to_vec((*k).constvalue)] });
                 }
@@ -169,9 +175,19 @@ unsafe fn equality_key(expr: *mut pg_sys::Node, cxt: pg_sys::MemoryContext) -> O
                     let mut elems: *mut pg_sys::Datum = std::ptr::null_mut();
                     let mut nulls: *mut bool = std::ptr::null_mut();
                     let mut n: std::ffi::c_int = 0;
-                    pg_sys::deconstruct_array(arr, elemtype, typlen as i32, typbyval, typalign, &mut elems, &mut nulls, &mut n);
+                    pg_sys::deconstruct_array(
+                        arr,
+                        elemtype,
+                        typlen as i32,
+                        typbyval,
+                        typalign,
+                        &mut elems,
+                        &mut nulls,
+                        &mut n,
+                    );
                     let out = OutputFn::new(elemtype, cxt);
-                    let values = (0..n as usize).filter(|&i| !*nulls.add(i)).map(|i| out.to_vec(*elems.add(i))).collect();
+                    let values =
+                        (0..n as usize).filter(|&i| !*nulls.add(i)).map(|i| out.to_vec(*elems.add(i))).collect();
                     return Some(EqualityKey { attnum: col, values });
                 }
                 _ => {}

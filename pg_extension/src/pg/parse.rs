@@ -95,7 +95,8 @@ unsafe fn parse_select(prefix: &str, text: &str, clause: Clause) -> Result<*mut 
     })
     .map_err(ExprError::Postgres)?;
     let what = clause.name();
-    let bad = || ExprError::NotAnExpression(format!("{what} must be a single expression, not a statement or query fragment"));
+    let bad =
+        || ExprError::NotAnExpression(format!("{what} must be a single expression, not a statement or query fragment"));
     // SAFETY: raw_parser returned a valid List of RawStmt (or NIL); we only read node tags
     // and fields of the types the tags say they are.
     unsafe {
@@ -161,21 +162,33 @@ impl Analyser {
     /// # Safety
     /// `rel` must be an open relation; must run inside a transaction.
     unsafe fn new(rel: pg_sys::Relation, source: &std::ffi::CStr) -> Box<Analyser> {
-        let mut a = Box::new(Analyser { pstate: std::ptr::null_mut(), param_types: std::ptr::null_mut(), num_params: 0 });
+        let mut a =
+            Box::new(Analyser { pstate: std::ptr::null_mut(), param_types: std::ptr::null_mut(), num_params: 0 });
         // SAFETY: standard parse-analysis set-up, as transformWhereClause's callers do; the
         // boxed Analyser gives the variable-parameter hook stable pointers to grow its array.
         unsafe {
             a.pstate = pg_sys::make_parsestate(std::ptr::null_mut());
             (*a.pstate).p_sourcetext = pg_sys::pstrdup(source.as_ptr());
             super::ffi::setup_parse_variable_parameters(a.pstate, &mut a.param_types, &mut a.num_params);
-            let nsitem = pg_sys::addRangeTableEntryForRelation(a.pstate, rel, pg_sys::AccessShareLock as i32, std::ptr::null_mut(), false, false);
+            let nsitem = pg_sys::addRangeTableEntryForRelation(
+                a.pstate,
+                rel,
+                pg_sys::AccessShareLock as i32,
+                std::ptr::null_mut(),
+                false,
+                false,
+            );
             pg_sys::addNSItemToQuery(a.pstate, nsitem, false, true, true);
         }
         a
     }
 
     /// Analyses one raw expression in the given clause kind.
-    fn transform(&self, raw: *mut pg_sys::Node, kind: pg_sys::ParseExprKind::Type) -> Result<*mut pg_sys::Node, ExprError> {
+    fn transform(
+        &self,
+        raw: *mut pg_sys::Node,
+        kind: pg_sys::ParseExprKind::Type,
+    ) -> Result<*mut pg_sys::Node, ExprError> {
         let pstate = self.pstate;
         try_subtransaction(move || {
             // SAFETY: `raw` is a parse tree from parse_select, `pstate` is set up for the table.
@@ -218,7 +231,11 @@ unsafe extern "C-unwind" fn bind_params_mutator(node: *mut pg_sys::Node, context
                 return pg_sys::copyObjectImpl(ctx.consts[i] as *const c_void) as *mut pg_sys::Node;
             }
         }
-        pg_sys::expression_tree_mutator(node, Some(std::mem::transmute::<MutatorFn, BindgenMutatorFn>(bind_params_mutator)), context)
+        pg_sys::expression_tree_mutator(
+            node,
+            Some(std::mem::transmute::<MutatorFn, BindgenMutatorFn>(bind_params_mutator)),
+            context,
+        )
     }
 }
 
@@ -226,18 +243,35 @@ type MutatorFn = unsafe extern "C-unwind" fn(*mut pg_sys::Node, *mut c_void) -> 
 type BindgenMutatorFn = unsafe extern "C-unwind" fn() -> *mut pg_sys::Node;
 
 /// Builds typed constants for `$1..$n` and substitutes them into `expr`.
-fn bind_params(expr: *mut pg_sys::Node, types: &[pg_sys::Oid], values: &[Option<String>]) -> Result<*mut pg_sys::Node, ExprError> {
+fn bind_params(
+    expr: *mut pg_sys::Node,
+    types: &[pg_sys::Oid],
+    values: &[Option<String>],
+) -> Result<*mut pg_sys::Node, ExprError> {
     for (i, &t) in types.iter().enumerate() {
         if t == pg_sys::InvalidOid {
-            return Err(ExprError::Params(format!("the expression uses ${} but not ${}; number parameters from $1 without gaps", types.len(), i + 1)));
+            return Err(ExprError::Params(format!(
+                "the expression uses ${} but not ${}; number parameters from $1 without gaps",
+                types.len(),
+                i + 1
+            )));
         }
         if t == pg_sys::UNKNOWNOID {
-            return Err(ExprError::Params(format!("could not determine the type of ${}; add a cast such as ${}::text", i + 1, i + 1)));
+            return Err(ExprError::Params(format!(
+                "could not determine the type of ${}; add a cast such as ${}::text",
+                i + 1,
+                i + 1
+            )));
         }
     }
     if values.len() != types.len() {
         return Err(ExprError::Params(if values.len() < types.len() {
-            format!("the expression uses ${} but {} parameter value{} given", types.len(), values.len(), if values.len() == 1 { " was" } else { "s were" })
+            format!(
+                "the expression uses ${} but {} parameter value{} given",
+                types.len(),
+                values.len(),
+                if values.len() == 1 { " was" } else { "s were" }
+            )
         } else {
             format!("{} parameter values were given but the expression uses only {}", values.len(), types.len())
         }));
@@ -255,7 +289,8 @@ fn bind_params(expr: *mut pg_sys::Node, types: &[pg_sys::Oid], values: &[Option<
             None => pg_sys::Datum::from(0usize),
             Some(text) => {
                 let text = text.clone();
-                try_subtransaction(move || super::text::input_datum(typ, -1, &text)).map_err(|err| ExprError::ParamValue { n: i + 1, err })?
+                try_subtransaction(move || super::text::input_datum(typ, -1, &text))
+                    .map_err(|err| ExprError::ParamValue { n: i + 1, err })?
             }
         };
         // SAFETY: makeConst copies nothing it does not own; the datum was built for `typ`.
@@ -352,7 +387,11 @@ fn deparse(expr: *mut pg_sys::Node, rel: pg_sys::Relation) -> String {
 ///
 /// # Safety
 /// `rel` must be an open relation; must run inside a transaction.
-pub unsafe fn analyse_where(rel: pg_sys::Relation, text: &str, params: &[Option<String>]) -> Result<AnalysedWhere, ExprError> {
+pub unsafe fn analyse_where(
+    rel: pg_sys::Relation,
+    text: &str,
+    params: &[Option<String>],
+) -> Result<AnalysedWhere, ExprError> {
     const PREFIX: &str = "SELECT 1 WHERE ";
     // SAFETY: per this function's contract.
     let stmt = unsafe { parse_select(PREFIX, text, Clause::Where)? };
@@ -401,7 +440,9 @@ pub unsafe fn analyse_order_by(rel: pg_sys::Relation, text: &str) -> Result<Stri
         check_expression(expr, "ORDER BY", relid)?;
         let dir = match dir {
             pg_sys::SortByDir::SORTBY_DESC => " DESC",
-            pg_sys::SortByDir::SORTBY_USING => return Err(ExprError::NotAnExpression("ORDER BY … USING is not supported".into())),
+            pg_sys::SortByDir::SORTBY_USING => {
+                return Err(ExprError::NotAnExpression("ORDER BY … USING is not supported".into()))
+            }
             _ => " ASC",
         };
         let nulls = match nulls {

@@ -48,6 +48,10 @@ pub fn split_identifiers(list: &str) -> Option<Vec<String>> {
         if names.is_null() {
             return Some(Vec::new());
         }
-        Some((0..(*names).length).map(|i| cstr_to_string(pg_sys::list_nth(names, i) as *const std::ffi::c_char)).collect())
+        Some(
+            (0..(*names).length)
+                .map(|i| cstr_to_string(pg_sys::list_nth(names, i) as *const std::ffi::c_char))
+                .collect(),
+        )
     }
 }

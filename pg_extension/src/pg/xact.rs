@@ -27,11 +27,13 @@ impl std::fmt::Display for PgError {
 impl From<CaughtError> for PgError {
     fn from(e: CaughtError) -> Self {
         match e {
-            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. } => PgError {
-                message: r.message().to_string(),
-                detail: r.detail().map(str::to_string),
-                code: r.sql_error_code(),
-            },
+            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. } => {
+                PgError {
+                    message: r.message().to_string(),
+                    detail: r.detail().map(str::to_string),
+                    code: r.sql_error_code(),
+                }
+            }
         }
     }
 }
