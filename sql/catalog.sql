@@ -25,12 +25,18 @@ CREATE TABLE shapes.shape (
     snapshot        jsonb,
     snapshot_rows   bigint,
     created_at      timestamptz NOT NULL DEFAULT now(),
-    ready_at        timestamptz
+    ready_at        timestamptz,
+    -- Invalid shapes are deleted (with their logs) some minutes after this.
+    invalidated_at  timestamptz
 );
 
 COMMENT ON TABLE shapes.shape IS 'pg_shapes shape catalog; use shapes.get_or_create_shape / shapes.delete_shape, not DML';
 
 CREATE UNIQUE INDEX shape_def_key_live ON shapes.shape (def_key) WHERE state <> 'invalid';
+-- Decoded DELETEs carry the replica identity: with the handle in it, the decoder
+-- can remove the log of a shape it had already stopped routing to.
+CREATE UNIQUE INDEX shape_identity ON shapes.shape (id, handle);
+ALTER TABLE shapes.shape REPLICA IDENTITY USING INDEX shape_identity;
 CREATE INDEX shape_relid ON shapes.shape (relid);
 CREATE INDEX shape_creating ON shapes.shape (id) WHERE state = 'creating';
 
@@ -52,7 +58,8 @@ BEGIN
     LOOP
         UPDATE shapes.shape
            SET state = 'invalid',
-               invalid_reason = format('table %s was altered (%s)', r.object_identity, r.command_tag)
+               invalid_reason = format('table %s was altered (%s)', r.object_identity, r.command_tag),
+               invalidated_at = now()
          WHERE relid = r.objid AND state <> 'invalid';
     END LOOP;
 END

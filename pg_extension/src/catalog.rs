@@ -139,12 +139,41 @@ pub fn invalidate(ids: &[i64], reason: &str) {
     Spi::connect_mut(|client| {
         client
             .update(
-                "UPDATE shapes.shape SET state = 'invalid', invalid_reason = $2 WHERE id = ANY($1) AND state <> 'invalid'",
+                "UPDATE shapes.shape SET state = 'invalid', invalid_reason = $2, invalidated_at = now() WHERE id = ANY($1) AND state <> 'invalid'",
                 None,
                 &[ids.to_vec().into(), reason.into()],
             )
             .unwrap_or_else(|e| error!("pg_shapes could not invalidate shapes: {e}"));
     });
+}
+
+/// Deletes invalid shapes older than `pg_shapes.invalid_retention` (kept so
+/// operators can see in `shapes.shapes` why they ended); the decoder removes
+/// their logs when it decodes the deletion. Returns how many were deleted.
+pub fn delete_expired_invalid_shapes() -> i64 {
+    Spi::connect_mut(|client| {
+        client
+            .update(
+                "WITH d AS (DELETE FROM shapes.shape WHERE state = 'invalid'
+                              AND coalesce(invalidated_at, created_at) < now() - make_interval(secs => $1) RETURNING 1)
+                 SELECT count(*) FROM d",
+                None,
+                &[(crate::guc::invalid_retention().as_secs() as f64).into()],
+            )
+            .ok()
+            .and_then(|t| t.first().get_one::<i64>().ok().flatten())
+            .unwrap_or(0)
+    })
+}
+
+/// True when any invalid shape is past its retention (read-only check).
+pub fn has_expired_invalid_shapes() -> bool {
+    crate::sql::select_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM shapes.shape WHERE state = 'invalid'
+                          AND coalesce(invalidated_at, created_at) < now() - make_interval(secs => $1))",
+        &[(crate::guc::invalid_retention().as_secs() as f64).into()],
+    )
+    .unwrap_or(false)
 }
 
 /// True when the extension's catalog exists in the connected database.

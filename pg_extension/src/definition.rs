@@ -188,12 +188,14 @@ fn check_table(table: &str, info: &TableInfo) -> ShapeResult<()> {
         ));
     }
     match info.persistence.as_str() {
-        "u" => return Err(ShapeError::invalid(
-            Param::Table,
-            format!(
+        "u" => {
+            return Err(ShapeError::invalid(
+                Param::Table,
+                format!(
                 "table \"{table}\" is unlogged: its changes are not written to the WAL, so no shape can follow them"
             ),
-        )),
+            ))
+        }
         "t" => {
             return Err(ShapeError::invalid(
                 Param::Table,

@@ -18,6 +18,8 @@ pub static CHUNK_BYTES: GucSetting<i32> = GucSetting::<i32>::new(10 * 1024 * 102
 pub static SNAPSHOT_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 /// Longest time, in milliseconds, between making appended changes durable under load.
 pub static SYNC_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(200);
+/// How long invalid shapes (and their logs) are kept, in seconds.
+pub static INVALID_RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(600);
 /// Set (transaction-locally) while the extension runs DDL of its own, so that its
 /// event trigger does not mistake it for a user's ALTER TABLE.
 pub static INTERNAL_DDL: GucSetting<bool> = GucSetting::<bool>::new(false);
@@ -49,6 +51,16 @@ pub fn register() {
         60_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_shapes.invalid_retention",
+        c"How long an invalidated shape and its log are kept before they are deleted.",
+        c"Clients still polling its handle get 409 + must-refetch either way; this is for operators.",
+        &INVALID_RETENTION_S,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
     GucRegistry::define_bool_guc(
         c"pg_shapes.internal_ddl",
@@ -135,4 +147,9 @@ pub fn snapshot_workers() -> usize {
 /// Sync interval.
 pub fn sync_interval() -> std::time::Duration {
     std::time::Duration::from_millis(SYNC_INTERVAL_MS.get().max(1) as u64)
+}
+
+/// Retention of invalid shapes.
+pub fn invalid_retention() -> std::time::Duration {
+    std::time::Duration::from_secs(INVALID_RETENTION_S.get().max(0) as u64)
 }

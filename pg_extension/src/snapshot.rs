@@ -116,7 +116,7 @@ fn snapshot_batch(storage: &std::path::Path, bell: &Doorbell) -> usize {
                         &[c.id.into(), snap_json.as_str().into(), (*rows as i64).into()],
                     ),
                     Outcome::Failed { reason } => client.update(
-                        "UPDATE shapes.shape SET state = 'invalid', invalid_reason = $2 WHERE id = $1",
+                        "UPDATE shapes.shape SET state = 'invalid', invalid_reason = $2, invalidated_at = now() WHERE id = $1",
                         None,
                         &[c.id.into(), reason.as_str().into()],
                     ),

@@ -225,6 +225,23 @@ fn the_slot_advances_only_past_durable_changes_and_lag_is_visible() {
 }
 
 #[test]
+fn invalid_shapes_and_their_logs_are_deleted_after_the_retention() {
+    let cluster = TestCluster::start(pg_shapes_tests::ClusterOptions::new().conf("pg_shapes.invalid_retention = '1s'"));
+    cluster.psql("CREATE TABLE items (id int PRIMARY KEY)");
+    let mut c = cluster.client();
+    let h = live(&cluster, &mut c, ShapeDef::new("items", None));
+    cluster.psql("TRUNCATE items");
+    wait_state(&cluster, &h, LogState::Invalidated);
+    let deadline = Instant::now() + WAIT;
+    while storage_dir(&cluster).join(&h).exists()
+        || cluster.psql(&format!("SELECT count(*) FROM shapes.shape WHERE handle = '{h}'")) != "0"
+    {
+        assert!(Instant::now() < deadline, "invalid shape {h} was not cleaned up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
 fn changes_only_shapes_start_with_an_empty_snapshot() {
     let (cluster, mut c) = setup();
     let mut def = ShapeDef::new("items", None);

@@ -333,8 +333,17 @@ impl Engine {
             }
             Some(CatalogEvent::Ready { id, snapshot }) => self.shape_ready(id, snapshot, txn.commit_lsn),
             Some(CatalogEvent::Invalid { id, reason }) => self.retire(id, LogState::Invalidated, &reason, false, false),
-            Some(CatalogEvent::Deleted { id }) => {
-                self.retire(id, LogState::Deleted, "the shape was deleted", true, false)
+            Some(CatalogEvent::Deleted { id, handle }) => {
+                if self.shapes.contains_key(&id) {
+                    self.retire(id, LogState::Deleted, "the shape was deleted", true, false);
+                } else if let Some(handle) = handle.filter(|h| !h.is_empty() && !h.contains('/') && !h.starts_with('.'))
+                {
+                    // Already retired (invalid): only its files are left.
+                    let dir = self.storage.join(&handle);
+                    let _ = shape_log::writer::mark_gone(&dir, LogState::Deleted, "the shape was deleted");
+                    let _ = std::fs::remove_dir_all(dir);
+                    self.published = true;
+                }
             }
             None => {}
         }
@@ -429,7 +438,7 @@ impl Engine {
         }
         if self.last_health.elapsed() >= Duration::from_secs(5) {
             self.last_health = Instant::now();
-            return worker_transaction(Isolation::ReadCommitted, || {
+            let health = worker_transaction(Isolation::ReadCommitted, || {
                 if !catalog::extension_installed() {
                     Health::ExtensionGone
                 } else if catalog::catalog_relid() != Some(self.catalog_relid) {
@@ -438,6 +447,15 @@ impl Engine {
                     Health::Ok
                 }
             });
+            if health == Health::Ok {
+                // Check read-only first: deleting assigns a transaction id.
+                let expired = worker_transaction(Isolation::ReadCommitted, catalog::has_expired_invalid_shapes);
+                if expired {
+                    let n = worker_transaction(Isolation::ReadCommitted, catalog::delete_expired_invalid_shapes);
+                    log!("pg_shapes: deleted {n} shape(s) invalid for longer than {:?}", guc::invalid_retention());
+                }
+            }
+            return health;
         }
         Health::Ok
     }
@@ -512,7 +530,7 @@ enum CatalogEvent {
     Created { id: i64, handle: String, spec: Spec },
     Ready { id: i64, snapshot: Option<SnapshotInfo> },
     Invalid { id: i64, reason: String },
-    Deleted { id: i64 },
+    Deleted { id: i64, handle: Option<String> },
 }
 
 fn parse_catalog_change(
@@ -559,7 +577,7 @@ fn parse_catalog_change(
             }),
             _ => None,
         },
-        ChangeKind::Delete => Some(CatalogEvent::Deleted { id }),
+        ChangeKind::Delete => Some(CatalogEvent::Deleted { id, handle: text(layout.handle) }),
     }
 }
 
