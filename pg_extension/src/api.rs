@@ -8,13 +8,9 @@ use shape_log::LogReader;
 
 use crate::catalog::Spec;
 use crate::definition::{self, ShapeRequest};
-use crate::encode::Projection;
 use crate::error::{Param, ShapeError};
-use crate::pg::{
-    self,
-    text::OutputFn,
-    xact::{current_memory_context, MemoryContext},
-};
+use crate::pg::{self, text::OutputFn, xact::current_memory_context};
+use crate::snapshot::RowEncoder;
 use crate::{guc, shmem};
 
 /// Refuses to create shapes no worker would maintain.
@@ -452,31 +448,15 @@ fn subset(
             );
             let (xmin, xmax, xip, lsn) = (&meta[0], &meta[1], &meta[2], &meta[3]);
             let mut out = format!(r#"{{"metadata":{{"xmin":"{xmin}","xmax":"{xmax}","xip_list":{xip},"snapshot_mark":{mark},"database_lsn":"{lsn}"}},"data":["#).into_bytes();
-            let projection = Projection::of(&spec);
             let extra = format!(r#","snapshot_mark":{mark}"#).into_bytes();
-            // Function state must outlive the per-row resets (see snapshot.rs).
-            let fn_cxt = MemoryContext::new(c"pg_shapes subset functions", current_memory_context());
-            let cxt = MemoryContext::new(c"pg_shapes subset row", current_memory_context());
-            let mut outs: Vec<OutputFn> = Vec::new();
-            let (mut texts, mut key) = (Vec::<Option<Vec<u8>>>::new(), Vec::new());
+            let mut encoder = RowEncoder::new(&spec);
             let mut first = true;
             pg::dest::stream_query(&sql, |row| {
-                if outs.is_empty() {
-                    outs = row.types.iter().map(|&t| OutputFn::new(t, fn_cxt.raw())).collect();
-                }
-                cxt.switch_to(|| {
-                    texts.clear();
-                    texts.extend(
-                        row.values.iter().zip(row.nulls).zip(&outs).map(|((&d, &n), o)| (!n).then(|| o.to_vec(d))),
-                    );
-                });
-                cxt.reset();
-                let t: Vec<Option<&[u8]>> = texts.iter().map(|t| t.as_deref()).collect();
                 if !first {
                     out.push(b',');
                 }
                 first = false;
-                projection.snapshot_row(&t, &extra, &mut key, &mut out);
+                encoder.encode(row, &extra, &mut out);
             });
             out.extend_from_slice(b"]}");
             String::from_utf8(out).expect("built from UTF-8 parts")

@@ -16,7 +16,7 @@ use shape_log::{wire, Doorbell, LogState, LogWriter, RecordKind};
 
 use crate::catalog::{SnapshotInfo, Spec};
 use crate::encode::Projection;
-use crate::pg::dest::stream_query;
+use crate::pg::dest::{stream_query, SlotRow};
 use crate::pg::text::OutputFn;
 use crate::pg::xact::{
     current_memory_context, try_subtransaction, with_latest_snapshot, worker_transaction, Isolation, MemoryContext,
@@ -206,34 +206,16 @@ fn write_snapshot(
     bell.ring(0);
     let mut rows = 0u64;
     if !spec.changes_only {
-        let projection = Projection::of(spec);
-        // Output functions cache state (fn_extra) in the context they are bound to, so
-        // they get one that lives as long as the query; rows get one reset per row.
-        let fn_cxt = MemoryContext::new(c"pg_shapes snapshot functions", current_memory_context());
-        let row_cxt = MemoryContext::new(c"pg_shapes snapshot row", current_memory_context());
-        let mut outs: Vec<OutputFn> = Vec::new();
-        let (mut texts, mut key, mut msg) = (Vec::<Option<Vec<u8>>>::new(), Vec::new(), Vec::new());
+        let mut encoder = RowEncoder::new(spec);
+        let mut msg = Vec::new();
         let mut error = None;
         Spi::connect(|_| {
             stream_query(&spec.snapshot_query(), |row| {
                 if error.is_some() {
                     return;
                 }
-                if outs.is_empty() {
-                    outs = row.types.iter().map(|&t| OutputFn::new(t, fn_cxt.raw())).collect();
-                }
-                // Output functions allocate; a per-row context keeps a large snapshot in
-                // constant memory.
-                row_cxt.switch_to(|| {
-                    texts.clear();
-                    texts.extend(
-                        row.values.iter().zip(row.nulls).zip(&outs).map(|((&d, &n), o)| (!n).then(|| o.to_vec(d))),
-                    );
-                });
-                row_cxt.reset();
-                let t: Vec<Option<&[u8]>> = texts.iter().map(|t| t.as_deref()).collect();
                 msg.clear();
-                projection.snapshot_row(&t, b"", &mut key, &mut msg);
+                encoder.encode(row, b"", &mut msg);
                 if let Err(e) = w.append_snapshot_row(RecordKind::Insert, &[&msg]) {
                     error = Some(e);
                     return;
@@ -257,6 +239,48 @@ fn write_snapshot(
     shape_log::writer::fsync_dir(dir)?;
     bell.ring(0);
     Ok(rows)
+}
+
+/// Turns result rows of a shape's query into snapshot-row messages, in constant
+/// memory however many rows there are. Used by snapshots and subset queries.
+pub struct RowEncoder {
+    projection: Projection,
+    outs: Vec<OutputFn>,
+    texts: Vec<Option<Vec<u8>>>,
+    key: Vec<u8>,
+    // Output functions cache state (fn_extra) in the context they are bound to, so
+    // they get one that lives as long as the encoder; rows get one reset per row.
+    row_cxt: MemoryContext,
+    fn_cxt: MemoryContext,
+}
+
+impl RowEncoder {
+    /// An encoder for rows of `spec.snapshot_query()` (the projected columns, in order).
+    pub fn new(spec: &Spec) -> RowEncoder {
+        RowEncoder {
+            projection: Projection::of(spec),
+            outs: Vec::new(),
+            texts: Vec::new(),
+            key: Vec::new(),
+            row_cxt: MemoryContext::new(c"pg_shapes row", current_memory_context()),
+            fn_cxt: MemoryContext::new(c"pg_shapes output functions", current_memory_context()),
+        }
+    }
+
+    /// Appends the insert message of one row; `extra_headers` goes verbatim into its headers.
+    pub fn encode(&mut self, row: &SlotRow<'_>, extra_headers: &[u8], out: &mut Vec<u8>) {
+        if self.outs.is_empty() {
+            self.outs = row.types.iter().map(|&t| OutputFn::new(t, self.fn_cxt.raw())).collect();
+        }
+        let (texts, outs) = (&mut self.texts, &self.outs);
+        self.row_cxt.switch_to(|| {
+            texts.clear();
+            texts.extend(row.values.iter().zip(row.nulls).zip(outs).map(|((&d, &n), o)| (!n).then(|| o.to_vec(d))));
+        });
+        self.row_cxt.reset();
+        let t: Vec<Option<&[u8]>> = self.texts.iter().map(|t| t.as_deref()).collect();
+        self.projection.snapshot_row(&t, extra_headers, &mut self.key, out);
+    }
 }
 
 /// Records a failed snapshot in the shape's log (creating one if needed) so that

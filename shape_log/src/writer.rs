@@ -121,17 +121,9 @@ impl LogWriter {
         Ok(w)
     }
 
-    fn create_in(dir: &Path, shape_id: u64, handle: &str, chunk_bytes: u64) -> Result<LogWriter> {
-        let index_path = dir.join(INDEX_FILE);
-        let data_path = dir.join(DATA_FILE);
-        let index_file = open_rw(&index_path, true)?;
-        let data_file = open_rw(&data_path, true)?;
-        let index_len = (HEADER_BYTES + RECORD_BYTES * INITIAL_INDEX_RECORDS as usize) as u64;
-        index_file.set_len(index_len).map_err(|e| LogError::io(&index_path, e))?;
-        data_file.set_len(INITIAL_DATA_BYTES).map_err(|e| LogError::io(&data_path, e))?;
-        let index = map_rw(&index_file, index_len, &index_path)?;
-        let data = map_rw(&data_file, INITIAL_DATA_BYTES, &data_path)?;
-        let w = LogWriter {
+    /// A writer over mapped files with nothing appended yet (recovery fills the counts in).
+    fn empty(dir: &Path, index: MmapMut, data: MmapMut, chunk_bytes: u64) -> LogWriter {
+        LogWriter {
             dir: dir.to_path_buf(),
             index,
             data,
@@ -146,7 +138,20 @@ impl LogWriter {
             chunk_bytes: chunk_bytes.max(1),
             prev_flags: None,
             pending_change_records: 0,
-        };
+        }
+    }
+
+    fn create_in(dir: &Path, shape_id: u64, handle: &str, chunk_bytes: u64) -> Result<LogWriter> {
+        let index_path = dir.join(INDEX_FILE);
+        let data_path = dir.join(DATA_FILE);
+        let index_file = open_rw(&index_path, true)?;
+        let data_file = open_rw(&data_path, true)?;
+        let index_len = (HEADER_BYTES + RECORD_BYTES * INITIAL_INDEX_RECORDS as usize) as u64;
+        index_file.set_len(index_len).map_err(|e| LogError::io(&index_path, e))?;
+        data_file.set_len(INITIAL_DATA_BYTES).map_err(|e| LogError::io(&data_path, e))?;
+        let index = map_rw(&index_file, index_len, &index_path)?;
+        let data = map_rw(&data_file, INITIAL_DATA_BYTES, &data_path)?;
+        let w = LogWriter::empty(dir, index, data, chunk_bytes);
         // SAFETY: the files were just created, so no reader can have mapped them yet.
         unsafe { w.header().init(shape_id, handle, chunk_bytes.max(1), now_ms()) };
         w.header().set_state_release(LogState::Snapshotting, "");
@@ -174,22 +179,8 @@ impl LogWriter {
         if !header.magic_ok() {
             return Err(LogError::BadHeader { path: index_path, version: FORMAT_VERSION });
         }
-        let mut w = LogWriter {
-            dir: dir.to_path_buf(),
-            index,
-            data,
-            records: 0,
-            data_len: 0,
-            committed_records: 0,
-            committed_data: 0,
-            synced_records: 0,
-            synced_data: 0,
-            chunk_start: 0,
-            chunks: 0,
-            chunk_bytes: header.chunk_bytes().max(1),
-            prev_flags: None,
-            pending_change_records: 0,
-        };
+        let chunk_bytes = header.chunk_bytes();
+        let mut w = LogWriter::empty(dir, index, data, chunk_bytes);
         let recovery = w.recover(data_len);
         Ok((w, recovery))
     }

@@ -184,6 +184,11 @@ pub fn not_modified(mut r: Reply) -> Reply {
 /// Electric's cursor epoch, 2024-10-09T00:00:00Z.
 const CURSOR_EPOCH: u64 = 1_728_432_000;
 
+/// The cursor for a live response right now (see [`next_cursor`]).
+pub fn live_cursor(long_poll_timeout: std::time::Duration, request_cursor: Option<&str>) -> String {
+    next_cursor(unix_now(), long_poll_timeout.as_millis() as u64, request_cursor, random_u64())
+}
+
 /// The next `electric-cursor`: the end of the current long-poll-sized interval
 /// since Electric's epoch, bumped by a random amount if the client already holds
 /// it, so consecutive live URLs always differ (CDNs then never replay an old one).

@@ -181,13 +181,7 @@ pub fn build<C: Catalog>(app: &App<C>, req: &ShapeRequest, info: &ShapeInfo, out
     respond::set(h, respond::HANDLE, &info.handle);
     respond::set(h, respond::OFFSET, &response_offset);
     if req.live {
-        let cursor = respond::next_cursor(
-            respond::unix_now(),
-            app.settings.long_poll_timeout.as_millis() as u64,
-            req.cursor.as_deref(),
-            respond::random_u64(),
-        );
-        respond::set(h, respond::CURSOR, &cursor);
+        respond::set(h, respond::CURSOR, &respond::live_cursor(app.settings.long_poll_timeout, req.cursor.as_deref()));
     } else {
         respond::set(h, respond::SCHEMA, &info.electric_schema);
     }

@@ -53,13 +53,7 @@ pub async fn start<C: Catalog>(
     respond::set(h, header::CACHE_CONTROL, &respond::sse_cache_control(app.settings.sse_timeout.as_millis() as u64));
     respond::set(h, respond::HANDLE, &info.handle);
     respond::set(h, respond::OFFSET, &start.to_string());
-    let cursor = respond::next_cursor(
-        respond::unix_now(),
-        app.settings.long_poll_timeout.as_millis() as u64,
-        req.cursor.as_deref(),
-        respond::random_u64(),
-    );
-    respond::set(h, respond::CURSOR, &cursor);
+    respond::set(h, respond::CURSOR, &respond::live_cursor(app.settings.long_poll_timeout, req.cursor.as_deref()));
     let offset = start.to_string();
     respond::set(h, header::ETAG, &respond::etag(&info.handle, &offset, &offset, true));
     // Tell buffering proxies (nginx) to pass events through as they come.
