@@ -5,7 +5,7 @@
 #   make run         build, start the local cluster .data/pg on port 54321, CREATE EXTENSION,
 #                    run the sidecar on PORT (3000) in the foreground; Ctrl-C stops both.
 #                    With DATABASE_URL set: build and run only the sidecar, against it.
-#   make test        setup (with Node deps) + build + Rust unit and end-to-end tests + Node tests
+#   make test        setup (with Node deps) + build + Rust unit, end-to-end and Node conformance tests
 #   make bench       build + run the benchmark crate (bench/) with BENCH_ARGS
 #   make clean-data  stop the local cluster and remove .data/
 
@@ -58,14 +58,8 @@ test:
 	@scripts/setup.sh all
 	$(BANNER) "build: extension and sidecar"
 	$(build_steps)
-	$(BANNER) "Rust tests: shape_log, pg_shapes_sidecar, pg_shapes_tests (end-to-end)"
+	$(BANNER) "tests: shape_log, pg_shapes_sidecar, pg_shapes_tests (end-to-end and Node conformance)"
 	@cargo test --release -p shape_log -p pg_shapes_sidecar -p pg_shapes_tests
-	@if [ -f tests/node/package.json ]; then \
-		printf '\n==================== %s ====================\n' "Node tests: tests/node (npm test)"; \
-		cd tests/node && npm test; \
-	else \
-		echo "==> no tests/node/package.json: no Node tests to run"; \
-	fi
 
 bench:
 	@if [ ! -f bench/Cargo.toml ]; then echo "bench not yet built (no bench/Cargo.toml)"; exit 1; fi

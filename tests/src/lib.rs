@@ -8,7 +8,8 @@
 //!   (immediate mode) and removes the directory, unless `KEEP_TEST_CLUSTER=1`.
 //! - [`Sidecar`]: the release binary `target/release/pg_shapes_sidecar`
 //!   started against a cluster on a free port, ready once
-//!   `GET /v1/health` answers 200.
+//!   `GET /v1/health` answers 200; [`Sidecar::start_on_port`] starts one on a
+//!   given port (a restarted sidecar that clients reconnect to).
 //!
 //! Both need the build first: `make build` (or `scripts/install_extension.sh`
 //! and `cargo build --release -p pg_shapes_sidecar`); `make test` does it.

@@ -11,6 +11,7 @@ use crate::env::{free_port, send_signal, tail, target_dir, workspace_root};
 
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(10);
+const PORT_FREE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A blocking HTTP client for talking to sidecars: no TLS, a 60 s timeout
 /// (long enough for a long-poll, which the protocol ends after about 20 s).
@@ -110,6 +111,24 @@ impl Sidecar {
                 }
             }
         }
+    }
+
+    /// Like [`start`](Self::start), but on `port`: typically the port of a
+    /// sidecar that was just stopped or killed, so that clients holding its
+    /// URL reconnect to the new one. Waits (up to 10 s) until the port can be
+    /// bound, then starts; `PORT` in `extra_env` is ignored.
+    pub fn start_on_port(cluster: &TestCluster, port: u16, extra_env: &[(&str, &str)]) -> Sidecar {
+        let deadline = Instant::now() + PORT_FREE_TIMEOUT;
+        // std binds with SO_REUSEADDR like the sidecar (tokio), so connections
+        // of the old process left in TIME_WAIT do not count as "in use".
+        while let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            assert!(Instant::now() < deadline, "port {port} still not free after {PORT_FREE_TIMEOUT:?}: {e}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let port = port.to_string();
+        let mut env: Vec<(&str, &str)> = extra_env.iter().copied().filter(|(k, _)| *k != "PORT").collect();
+        env.push(("PORT", &port));
+        Sidecar::start(cluster, &env)
     }
 
     /// Polls `GET /v1/health` until it answers 200.
