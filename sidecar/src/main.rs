@@ -31,7 +31,7 @@ fn main() -> std::process::ExitCode {
 
 async fn run(config: Config) -> Result<(), String> {
     let catalog = PgCatalog::new(&config.database_url, config.db_pool_size as usize)?;
-    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
+    let listener = listen(&config.host, config.port)
         .await
         .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
     let settings = config.settings();
@@ -65,4 +65,25 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         _ = term.recv() => tracing::info!("SIGTERM received"),
     }
+}
+
+/// Connections the kernel queues before they are accepted. `TcpListener::bind`
+/// asks for 128, which overflows when thousands of clients reconnect at once
+/// (after a restart, or when a fan-out answers them all and they poll again);
+/// the kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the first address `host` resolves to, with [`LISTEN_BACKLOG`].
+async fn listen(host: &str, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        // As std and tokio's bind do: a restarted sidecar can reuse the port at once.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("the host name resolved to no address")))
 }
