@@ -58,11 +58,12 @@ test:
 	@scripts/setup.sh all
 	$(BANNER) "build: extension and sidecar"
 	$(build_steps)
-	$(BANNER) "tests: shape_log, pg_shapes_sidecar, pg_shapes_tests (end-to-end and Node conformance)"
-	@cargo test --release -p shape_log -p pg_shapes_sidecar -p pg_shapes_tests
+	$(BANNER) "tests: shape_log, pg_shapes_sidecar, pg_shapes_tests (end-to-end, Node conformance), pg_shapes_bench (smoke)"
+	@cargo test --release -p shape_log -p pg_shapes_sidecar -p pg_shapes_tests -p pg_shapes_bench
 
 bench:
 	@if [ ! -f bench/Cargo.toml ]; then echo "bench not yet built (no bench/Cargo.toml)"; exit 1; fi
+	@scripts/setup.sh bench
 	$(build_steps)
 	@echo "==> cargo run --release -p pg_shapes_bench -- $(BENCH_ARGS)"
 	@cargo run --release -p pg_shapes_bench -- $(BENCH_ARGS)

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Idempotent installer for everything pg_shapes needs to build, run and test.
 #
-#   scripts/setup.sh [system|node|all]
+#   scripts/setup.sh [system|node|bench|all]
 #
 #   system (default)  Debian packages (PostgreSQL 15 server, client and headers,
 #                     libclang), cargo-pgrx at the version pinned in pgrx.toml,
 #                     and `cargo pgrx init` for that Postgres.
 #   node              Node dependencies of tests/node (npm ci / npm install).
-#   all               both.
+#   bench             system, plus what `make bench` measures against: nginx
+#                     (nginx-light) and wrk, and perf (linux-perf) for --perf
+#                     profiles (optional: only a warning when it cannot be had).
+#   all               system and node.
 #
 # Each step checks first and only does work when something is missing, so a
 # second run takes well under a second.
@@ -19,6 +22,14 @@ DEBIAN_PACKAGES=(postgresql-15 postgresql-client-15 postgresql-server-dev-15 lib
 
 deb_installed() {
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]
+}
+
+# apt_install PKG...: apt-get update + install (as root), without failing;
+# the callers check afterwards what is installed.
+apt_install() {
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q \
+        || warn "apt-get update failed; trying the install with the package lists already present"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" || true
 }
 
 setup_debian_packages() {
@@ -36,9 +47,7 @@ setup_debian_packages() {
     if ! is_root && ! command -v sudo >/dev/null 2>&1; then
         die "not root and sudo not found; install by hand as root: apt-get install -y ${missing[*]}"
     fi
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q \
-        || warn "apt-get update failed; trying the install with the package lists already present"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" || true
+    apt_install "${missing[@]}"
     local still=()
     for pkg in "${missing[@]}"; do
         deb_installed "$pkg" || still+=("$pkg")
@@ -47,6 +56,57 @@ setup_debian_packages() {
         die "could not install Debian package ${still[*]} (apt-get failed); install it by hand: apt-get install -y ${still[*]}"
     fi
     say "installed Debian packages ${missing[*]}"
+}
+
+# The benchmark tools are checked by what the benchmarks run, not by package
+# name: any nginx flavour (nginx-light, nginx, nginx-full) serves a file, and
+# perf may come from outside Debian. nginx is looked for in /usr/sbin too,
+# which is not on a non-root PATH.
+have_nginx() { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; }
+have_wrk() { command -v wrk >/dev/null 2>&1; }
+# Debian's /usr/bin/perf is a wrapper that fails without a perf for the kernel series.
+have_perf() { perf --version >/dev/null 2>&1; }
+
+# Installing nginx on a machine with an init system also starts the stock
+# nginx service (port 80); the benchmarks do not use it, they run their own
+# nginx on a free loopback port.
+setup_bench_tools() {
+    local missing=()
+    have_nginx || missing+=(nginx-light)
+    have_wrk || missing+=(wrk)
+    if [ "${#missing[@]}" -eq 0 ]; then
+        say "benchmark tools already installed: nginx, wrk"
+    else
+        command -v dpkg-query >/dev/null 2>&1 \
+            || die "dpkg-query not found: this script expects Debian or Ubuntu; install by hand: ${missing[*]}"
+        if ! is_root && ! command -v sudo >/dev/null 2>&1; then
+            die "not root and sudo not found; install by hand as root: apt-get install -y ${missing[*]}"
+        fi
+        say "installing benchmark tools ${missing[*]}"
+        apt_install "${missing[@]}"
+        if ! have_nginx && [[ " ${missing[*]} " == *" nginx-light "* ]]; then
+            say "nginx-light did not install; trying the nginx package"
+            apt_install nginx
+        fi
+        have_nginx || die "nginx is still missing (apt-get failed); install it by hand: apt-get install -y nginx-light (or nginx)"
+        have_wrk || die "wrk is still missing (apt-get failed); install it by hand: apt-get install -y wrk"
+        say "installed benchmark tools ${missing[*]}"
+    fi
+    if have_perf; then
+        say "perf already installed (for pg_shapes_bench --perf)"
+        return
+    fi
+    if ! is_root && ! command -v sudo >/dev/null 2>&1; then
+        warn "perf not found and not root: pg_shapes_bench --perf will record nothing (apt-get install -y linux-perf)"
+        return
+    fi
+    say "installing linux-perf (optional: profiles for pg_shapes_bench --perf)"
+    apt_install linux-perf
+    if have_perf; then
+        say "installed linux-perf"
+    else
+        warn "perf is not usable after installing linux-perf (no perf for kernel $(uname -r)?); benchmarks run without --perf profiles"
+    fi
 }
 
 setup_rust() {
@@ -135,10 +195,12 @@ case "$mode" in
         setup_debian_packages; setup_rust; setup_cargo_pgrx; setup_pgrx_init ;;
     node)
         setup_node ;;
+    bench)
+        setup_debian_packages; setup_rust; setup_cargo_pgrx; setup_pgrx_init; setup_bench_tools ;;
     all)
         setup_debian_packages; setup_rust; setup_cargo_pgrx; setup_pgrx_init; setup_node ;;
     -h|--help)
-        sed -n '2,13p' "$0"; exit 0 ;;
+        sed -n '2,16p' "$0"; exit 0 ;;
     *)
-        die "unknown mode '$mode' (expected system, node or all)" ;;
+        die "unknown mode '$mode' (expected system, node, bench or all)" ;;
 esac
