@@ -10,13 +10,19 @@
 //! Entry layout (little-endian): `xid u32 | kind u16 | last u8 | 0 u8 | tx u64 | op u64 | len u32 | bytes`.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Cursor, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{LogError, Result};
 use crate::layout::RecordKind;
 
 const ENTRY_HEADER: usize = 28;
+
+/// Bytes a writer buffers before appending them to its file. Thousands of
+/// shapes can be waiting for their snapshots at once (a burst of new shapes),
+/// so each holds neither a file descriptor nor a large buffer: at most this
+/// much memory, and the file is opened only to append a full buffer.
+const SPILL_AT: usize = 64 * 1024;
 
 /// One held-back change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,24 +44,26 @@ pub struct PendingEntry {
 /// Appends entries to a spill file.
 pub struct PendingWriter {
     path: PathBuf,
-    out: BufWriter<File>,
+    /// Entries not yet appended to the file.
+    buf: Vec<u8>,
+    /// Whether the file holds earlier entries.
+    spilled: bool,
     entries: u64,
 }
 
 impl PendingWriter {
-    /// Creates (truncating) the spill file at `path`.
+    /// Starts a spill file at `path`, removing a stale one left by a crash
+    /// (the file itself is only created once the buffer first fills).
     pub fn create(path: &Path) -> Result<PendingWriter> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| LogError::io(parent, e))?;
         }
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|e| LogError::io(path, e))?;
-        Ok(PendingWriter { path: path.to_path_buf(), out: BufWriter::with_capacity(256 * 1024, f), entries: 0 })
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LogError::io(path, e)),
+        }
+        Ok(PendingWriter { path: path.to_path_buf(), buf: Vec::new(), spilled: false, entries: 0 })
     }
 
     /// Appends one change whose message is the concatenation of `parts`.
@@ -69,12 +77,30 @@ impl PendingWriter {
         h[8..16].copy_from_slice(&tx.to_le_bytes());
         h[16..24].copy_from_slice(&op.to_le_bytes());
         h[24..28].copy_from_slice(&len32.to_le_bytes());
-        let io = |e| LogError::io(&self.path, e);
-        self.out.write_all(&h).map_err(io)?;
+        self.buf.extend_from_slice(&h);
         for p in parts {
-            self.out.write_all(p).map_err(|e| LogError::io(&self.path, e))?;
+            self.buf.extend_from_slice(p);
         }
         self.entries += 1;
+        if self.buf.len() >= SPILL_AT {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// Appends the buffer to the file and empties it.
+    fn spill(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let mut f =
+            OpenOptions::new().create(true).append(true).open(&self.path).map_err(|e| LogError::io(&self.path, e))?;
+        f.write_all(&self.buf).map_err(|e| LogError::io(&self.path, e))?;
+        self.spilled = true;
+        self.buf.clear();
+        if self.buf.capacity() > SPILL_AT * 2 {
+            self.buf.shrink_to(SPILL_AT);
+        }
         Ok(())
     }
 
@@ -89,27 +115,30 @@ impl PendingWriter {
     }
 
     /// Finishes writing and returns a reader over everything written, in order.
-    pub fn into_reader(self) -> Result<PendingReader> {
-        let path = self.path.clone();
-        let f = self.out.into_inner().map_err(|e| LogError::io(&path, e.into_error()))?;
-        let mut f = f;
-        use std::io::Seek;
-        f.seek(std::io::SeekFrom::Start(0)).map_err(|e| LogError::io(&path, e))?;
-        Ok(PendingReader { path, input: BufReader::with_capacity(256 * 1024, f) })
+    pub fn into_reader(mut self) -> Result<PendingReader> {
+        let input: Box<dyn Read> = if self.spilled {
+            self.spill()?;
+            let f = File::open(&self.path).map_err(|e| LogError::io(&self.path, e))?;
+            Box::new(BufReader::with_capacity(SPILL_AT, f))
+        } else {
+            Box::new(Cursor::new(std::mem::take(&mut self.buf)))
+        };
+        Ok(PendingReader { path: self.path.clone(), input })
     }
 
     /// Removes the spill file.
     pub fn discard(self) {
-        let path = self.path.clone();
-        drop(self);
-        let _ = std::fs::remove_file(path);
+        if self.spilled {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
 /// Reads a spill file back in write order.
 pub struct PendingReader {
     path: PathBuf,
-    input: BufReader<File>,
+    /// The file, or the writer's buffer when nothing was spilled.
+    input: Box<dyn Read>,
 }
 
 impl PendingReader {

@@ -307,3 +307,51 @@ fn pending_entries_come_back_in_order() {
     r.discard();
     assert!(!path.exists());
 }
+
+#[test]
+fn pending_writers_spill_past_their_buffer_and_hold_no_file_descriptor() {
+    let dir = test_dir();
+    let open_fds = || std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    let before = open_fds();
+    let body = vec![b'x'; 1000];
+    // Thousands of shapes may wait for snapshots at once: each writer must not
+    // keep a descriptor open, or the worker runs out of them.
+    let mut writers: Vec<PendingWriter> =
+        (0..200).map(|i| PendingWriter::create(&dir.path().join(format!("pending/{i}.pending"))).unwrap()).collect();
+    for (i, w) in writers.iter_mut().enumerate() {
+        for op in 0..150u64 {
+            w.append(i as u32, 1000 + op, op, RecordKind::Insert, op == 149, &[&body, &op.to_le_bytes()]).unwrap();
+        }
+    }
+    assert!(dir.path().join("pending/0.pending").exists(), "150 KB of entries spill to the file");
+    assert!(open_fds() <= before + 2, "pending writers hold file descriptors: {} before, {} after", before, open_fds());
+
+    for (i, w) in writers.into_iter().enumerate() {
+        let path = dir.path().join(format!("pending/{i}.pending"));
+        let mut r = w.into_reader().unwrap();
+        for op in 0..150u64 {
+            let e = r.next_entry().unwrap().expect("every entry comes back");
+            assert_eq!((e.xid, e.tx, e.op, e.last), (i as u32, 1000 + op, op, op == 149));
+            assert_eq!(&e.message[..1000], &body[..]);
+            assert_eq!(&e.message[1000..], &op.to_le_bytes());
+        }
+        assert!(r.next_entry().unwrap().is_none());
+        r.discard();
+        assert!(!path.exists());
+    }
+}
+
+#[test]
+fn pending_writer_that_never_spilled_reads_from_memory_and_leaves_no_file() {
+    let dir = test_dir();
+    let path = dir.path().join("pending/9.pending");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, b"stale entries of a crashed worker").unwrap();
+    let mut p = PendingWriter::create(&path).unwrap();
+    assert!(!path.exists(), "a stale spill file is removed");
+    p.append(1, 10, 0, RecordKind::Update, true, &[b"{}"]).unwrap();
+    assert!(!path.exists(), "a small backlog stays in memory");
+    let mut r = p.into_reader().unwrap();
+    assert_eq!(r.next_entry().unwrap().unwrap().message, b"{}");
+    assert!(r.next_entry().unwrap().is_none());
+}
