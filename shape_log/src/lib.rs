@@ -81,7 +81,7 @@ pub use error::{LogError, Result};
 pub use layout::{LogState, Record, RecordKind};
 pub use offset::{LogOffset, ParseOffsetError};
 pub use reader::{ChunkIndex, Committed, LogReader, LogStatus, LogView};
-pub use writer::{LogWriter, Recovery};
+pub use writer::{LogWriter, Recovery, SyncPoint};
 
 #[cfg(test)]
 mod tests;

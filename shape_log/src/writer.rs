@@ -37,6 +37,14 @@ pub struct Recovery {
     pub snapshot_damaged: bool,
 }
 
+/// How much of a log was published at some moment, for marking it durable
+/// after a sync that started at that moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncPoint {
+    records: u64,
+    data: u64,
+}
+
 /// Appends records to one shape log. Not `Sync`: one writer per log.
 pub struct LogWriter {
     dir: PathBuf,
@@ -478,15 +486,21 @@ impl LogWriter {
         self.header().live_from_lsn().load(Ordering::Acquire)
     }
 
-    /// Records that published records were made durable by someone else (a
-    /// `syncfs` covering many logs at once), without syncing again.
-    pub fn mark_synced(&mut self) {
-        if !self.needs_sync() {
+    /// What is published now: after a sync that starts now succeeds, pass it to
+    /// [`mark_synced_through`](Self::mark_synced_through).
+    pub fn sync_point(&self) -> SyncPoint {
+        SyncPoint { records: self.committed_records, data: self.committed_data }
+    }
+
+    /// Records that published records up to `point` were made durable by
+    /// someone else (a `syncfs` covering many logs at once), without syncing again.
+    pub fn mark_synced_through(&mut self, point: SyncPoint) {
+        if point.records <= self.synced_records {
             return;
         }
-        self.header().durable_records().store(self.committed_records, Ordering::Release);
-        self.synced_records = self.committed_records;
-        self.synced_data = self.committed_data;
+        self.header().durable_records().store(point.records, Ordering::Release);
+        self.synced_records = point.records;
+        self.synced_data = point.data;
     }
 
     /// Marks the log as taken over by the worker from `lsn` on.

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
 use shape_log::wire::{self, ChangeHead, Operation};
-use shape_log::{Doorbell, LogState, LogWriter, RecordKind};
+use shape_log::{Doorbell, LogState, LogWriter, RecordKind, SyncPoint};
 
+use super::durability::Syncer;
 use super::router::Table;
 use super::row::RowImage;
 use super::shape::{pending_path, Shape, Sink};
@@ -74,6 +75,16 @@ pub struct Engine {
     last_sync: Instant,
     last_health: Instant,
     confirmed: u64,
+    syncer: Syncer,
+    /// What the running sync covers.
+    sync_flight: Option<SyncFlight>,
+}
+
+/// A `syncfs` under way: when it succeeds, these logs are durable up to these
+/// points, and so the slot may be confirmed up to `position`.
+struct SyncFlight {
+    position: u64,
+    points: Vec<(i64, SyncPoint)>,
 }
 
 /// Which message a change produces for a shape.
@@ -94,7 +105,7 @@ impl Engine {
         let catalog_relid =
             catalog::catalog_relid().unwrap_or_else(|| error!("pg_shapes: the catalog table shapes.shape is missing"));
         let mut e = Engine {
-            storage,
+            storage: storage.clone(),
             catalog_relid,
             catalog: None,
             shapes: HashMap::new(),
@@ -116,6 +127,9 @@ impl Engine {
             last_sync: Instant::now(),
             last_health: Instant::now(),
             confirmed,
+            syncer: Syncer::start(storage.clone())
+                .unwrap_or_else(|e| error!("pg_shapes cannot start its sync thread: {e}")),
+            sync_flight: None,
         };
         // Pending spills are rebuilt by re-decoding; stale ones are useless.
         let _ = std::fs::remove_dir_all(e.storage.join("pending"));
@@ -421,7 +435,7 @@ impl Engine {
             self.ring(decoder.position());
         }
         self.bell.heartbeat(crate::pg::bgworker::pid() as u32);
-        self.sync_and_confirm(decoder);
+        self.sync_and_confirm(decoder, true);
         if self.wake_snapshotters {
             self.wake_snapshotters = false;
             if let Some(s) = shmem::shared() {
@@ -465,8 +479,8 @@ impl Engine {
         if self.published && self.last_ring.elapsed() >= RING_EVERY {
             self.ring(decoder.position());
         }
-        if self.last_sync.elapsed() >= guc::sync_interval() {
-            self.sync_and_confirm(decoder);
+        if self.syncer.in_flight() || self.last_sync.elapsed() >= guc::sync_interval() {
+            self.sync_and_confirm(decoder, false);
         }
         if self.wake_snapshotters {
             self.wake_snapshotters = false;
@@ -489,23 +503,56 @@ impl Engine {
         self.rung_position = position;
     }
 
-    /// Makes published records durable, then lets the slot forget what they cover.
-    fn sync_and_confirm(&mut self, decoder: &Decoder) {
-        self.last_sync = Instant::now();
-        let dirty = self.shapes.values().any(|s| matches!(&s.sink, Sink::Log(w) if w.needs_sync()));
-        if dirty {
-            // One syncfs flushes every shape log at once; with thousands of shapes
-            // that is the difference between one system call and thousands.
-            if let Err(e) = sync_filesystem(&self.storage) {
-                warning!("pg_shapes: could not sync shape logs: {e}; not advancing the slot");
-                return;
-            }
-            for s in self.shapes.values_mut() {
-                if let Sink::Log(w) = &mut s.sink {
-                    w.mark_synced();
+    /// True while a sync of the logs runs: the main loop then checks back soon,
+    /// so that the slot is confirmed without waiting for the next commit.
+    pub fn sync_in_flight(&self) -> bool {
+        self.syncer.in_flight()
+    }
+
+    /// Finishes a sync that has completed (confirming the slot up to where it
+    /// started), then starts the next one when the interval has passed or, with
+    /// `now`, at once. Decoding goes on while a sync runs (see [`super::durability`]).
+    fn sync_and_confirm(&mut self, decoder: &Decoder, now: bool) {
+        if let Some(result) = self.syncer.poll() {
+            let flight = self.sync_flight.take().expect("a running sync has its flight");
+            match result {
+                Ok(()) => {
+                    for (id, point) in flight.points {
+                        if let Some(Sink::Log(w)) = self.shapes.get_mut(&id).map(|s| &mut s.sink) {
+                            w.mark_synced_through(point);
+                        }
+                    }
+                    self.confirm(decoder, flight.position);
                 }
+                // The logs stay dirty, so the next sync covers them again.
+                Err(e) => warning!("pg_shapes: could not sync shape logs: {e}; not advancing the slot"),
             }
         }
+        if self.syncer.in_flight() || !(now || self.last_sync.elapsed() >= guc::sync_interval()) {
+            return;
+        }
+        self.last_sync = Instant::now();
+        let position = decoder.position();
+        let points: Vec<(i64, SyncPoint)> = self
+            .shapes
+            .iter()
+            .filter_map(|(&id, s)| match &s.sink {
+                Sink::Log(w) if w.needs_sync() => Some((id, w.sync_point())),
+                _ => None,
+            })
+            .collect();
+        if points.is_empty() {
+            self.confirm(decoder, position);
+        } else if self.syncer.begin() {
+            self.sync_flight = Some(SyncFlight { position, points });
+        } else {
+            warning!("pg_shapes: the sync thread is gone; not advancing the slot");
+        }
+    }
+
+    /// Confirms the slot up to `position` (everything before it is durable in
+    /// every log), held back by shapes whose logs are not durably live yet.
+    fn confirm(&mut self, decoder: &Decoder, position: u64) {
         for s in self.shapes.values_mut() {
             if let (Some(_), Sink::Log(w)) = (s.confirm_bound, &s.sink) {
                 if w.state() == LogState::Live && !w.needs_sync() {
@@ -513,14 +560,13 @@ impl Engine {
                 }
             }
         }
-        let position = decoder.position();
         let bound = self.shapes.values().filter_map(|s| s.confirm_bound).fold(position, u64::min);
         if bound > self.confirmed {
             decoder.confirm(bound);
             self.confirmed = bound;
         }
         if let Some(s) = shmem::shared() {
-            s.set_progress(position.saturating_sub(1), self.confirmed);
+            s.set_progress(decoder.position().saturating_sub(1), self.confirmed);
         }
     }
 }
@@ -579,17 +625,6 @@ fn parse_catalog_change(
         },
         ChangeKind::Delete => Some(CatalogEvent::Deleted { id, handle: text(layout.handle) }),
     }
-}
-
-/// Flushes the filesystem holding the logs (`syncfs`).
-fn sync_filesystem(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(dir)?;
-    // SAFETY: a valid open file descriptor.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 struct RouteCtx<'a> {

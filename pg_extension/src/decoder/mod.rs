@@ -3,8 +3,10 @@
 //!
 //! Data flow: WAL → [`crate::pg::decoding`] (our output plugin, in-process) →
 //! [`engine`] (catalog changes, routing through [`router`], WHERE evaluation,
-//! serialisation) → [`shape`] (held message, pending spill or log writer).
+//! serialisation) → [`shape`] (held message, pending spill or log writer);
+//! [`durability`] syncs the logs beside it before the slot is confirmed.
 
+pub mod durability;
 pub mod engine;
 pub mod router;
 pub mod row;
@@ -25,6 +27,8 @@ use engine::{Engine, Health};
 
 /// How long the worker sleeps when caught up, unless a commit wakes it first.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How long it sleeps while the logs are being synced, to confirm the slot soon after.
+const SYNC_POLL: Duration = Duration::from_millis(5);
 
 /// Background worker entry point.
 #[pg_guard]
@@ -78,7 +82,10 @@ pub extern "C-unwind" fn pg_shapes_decoder_main(_arg: pg_sys::Datum) {
                 bgworker::set_status("streaming");
                 let health = engine.borrow_mut().idle(&decoder);
                 match health {
-                    Health::Ok => bgworker::wait(IDLE_WAIT),
+                    Health::Ok => {
+                        let syncing = engine.borrow().sync_in_flight();
+                        bgworker::wait(if syncing { SYNC_POLL } else { IDLE_WAIT })
+                    }
                     Health::CatalogReplaced => {
                         log!("pg_shapes: the extension was re-created; restarting the decoder");
                         drop(decoder);
