@@ -58,7 +58,7 @@ pub struct Sizes {
 }
 
 impl Sizes {
-    /// The sizes the benchmark issue asks for (a run takes about 20 minutes on 2 cores).
+    /// The sizes the benchmark issue asks for (a run takes about 10 minutes on 2 cores).
     pub fn full() -> Sizes {
         Sizes {
             repl_changes: 1_000_000,
