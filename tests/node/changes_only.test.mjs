@@ -6,7 +6,7 @@ import assert from 'node:assert/strict'
 import { after, test } from 'node:test'
 
 import {
-  captureElectricWarnings,
+  failOnElectricWarnings,
   closeDb,
   eventually,
   openShape,
@@ -22,11 +22,7 @@ import {
 after(closeDb)
 
 const TIMEOUT = { timeout: 60000 }
-const warnings = captureElectricWarnings()
-after(() => {
-  warnings.restore()
-  assert.deepStrictEqual(warnings.warnings, [], 'the client warned about the server')
-})
+failOnElectricWarnings()
 
 async function table(name, rows = 12) {
   await sql(`CREATE TABLE ${name} (id int PRIMARY KEY, owner int, n int, title text)`)

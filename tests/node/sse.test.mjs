@@ -8,7 +8,7 @@ import assert from 'node:assert/strict'
 import { after, test } from 'node:test'
 
 import {
-  captureElectricWarnings,
+  failOnElectricWarnings,
   closeDb,
   eventually,
   openShape,
@@ -25,11 +25,7 @@ after(closeDb)
 
 const TIMEOUT = { timeout: 90000 }
 const SSE_TIMEOUT_MS = Number(process.env.SSE_TIMEOUT_MS ?? 60000)
-const warnings = captureElectricWarnings()
-after(() => {
-  warnings.restore()
-  assert.deepStrictEqual(warnings.warnings, [], 'the client warned about the server (e.g. SSE falling back)')
-})
+failOnElectricWarnings('the client warned about the server (e.g. SSE falling back)')
 
 /** Live requests made after the stream first became up to date. */
 function liveRequests(requests) {

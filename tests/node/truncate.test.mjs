@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import { after, test } from 'node:test'
 
 import {
-  captureElectricWarnings,
+  failOnElectricWarnings,
   closeDb,
   eventually,
   openShape,
@@ -21,11 +21,7 @@ import {
 after(closeDb)
 
 const TIMEOUT = { timeout: 60000 }
-const warnings = captureElectricWarnings()
-after(() => {
-  warnings.restore()
-  assert.deepStrictEqual(warnings.warnings, [], 'the client warned about the server')
-})
+failOnElectricWarnings()
 
 const conflicts = (requests) => requests.filter((r) => r.status === 409)
 

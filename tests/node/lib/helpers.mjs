@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict'
 import { existsSync, renameSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { after } from 'node:test'
 import { Shape, ShapeStream } from '@electric-sql/client'
 import pg from 'pg'
 
@@ -292,6 +293,18 @@ export function captureElectricWarnings() {
       console.warn = original
     },
   }
+}
+
+/**
+ * Fails the test file if the client printed any `[Electric]` warning while it
+ * ran: call once at the top level of a file.
+ */
+export function failOnElectricWarnings(what = 'the client warned about the server') {
+  const captured = captureElectricWarnings()
+  after(() => {
+    captured.restore()
+    assert.deepStrictEqual(captured.warnings, [], what)
+  })
 }
 
 // ---------------------------------------------------------------------------
